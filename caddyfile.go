@@ -1,0 +1,118 @@
+package ipcbus
+
+import (
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/dustin/go-humanize"
+
+	"github.com/ipcbus/caddy-ipcbus/workermgr"
+	"github.com/ipcbus/caddy-ipcbus/zone"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("ipcbus", parseGlobalOption)
+}
+
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("the ipcbus global option is given more than once; put every setting in one block")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "ipcbus", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from the ipcbus global option. Syntax:
+//
+//	ipcbus {
+//		zone       <name>       # default "default"
+//		dir        <path>       # default /dev/shm, else $XDG_RUNTIME_DIR, else the temp dir
+//		size       <size>       # default 64MiB; MB is 10^6 bytes, MiB 2^20
+//		mode       <octal>      # default 0600; 0660 to share with the file's group
+//		heartbeat  <duration>   # default 1s
+//		dead_after <duration>   # default 5s, longer than heartbeat
+//	}
+//
+// Every setting is optional, and so is the block.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the option's name
+	if d.NextArg() {
+		return d.Errf("ipcbus takes no arguments, only a block of settings; got %q", d.Val())
+	}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		switch opt {
+		case "zone", "dir", "size", "mode", "heartbeat", "dead_after":
+		default:
+			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat and dead_after", opt)
+		}
+		var val string
+		if !d.AllArgs(&val) {
+			return d.Errf("ipcbus %s needs exactly one value", opt)
+		}
+		switch opt {
+		case "zone":
+			if err := zone.ValidateName(val); err != nil {
+				return d.Errf("ipcbus zone: %v", err)
+			}
+			a.Zone = val
+		case "dir":
+			if !filepath.IsAbs(val) {
+				return d.Errf("ipcbus dir: %q is not an absolute path", val)
+			}
+			a.Dir = val
+		case "size":
+			n, err := humanize.ParseBytes(val)
+			if err != nil {
+				return d.Errf("ipcbus size: %q is not a size; write it like 64MiB (2^20 bytes) or 64MB (10^6 bytes)", val)
+			}
+			if n > zone.MaxSize {
+				return d.Errf("ipcbus size: %s is too large: must be between 1MiB and 64GiB", val)
+			}
+			if err := zone.ValidateSize(int64(n)); err != nil {
+				return d.Errf("ipcbus size: %s: must be between 1MiB and 64GiB", val)
+			}
+			a.Size = int64(n)
+		case "mode":
+			if _, err := parseMode(val); err != nil {
+				return d.Errf("ipcbus mode: %v", err)
+			}
+			a.Mode = val
+		case "heartbeat", "dead_after":
+			dur, err := caddy.ParseDuration(val)
+			if err != nil {
+				return d.Errf("ipcbus %s: %q is not a duration; write it like 1s or 500ms", opt, val)
+			}
+			if dur <= 0 {
+				return d.Errf("ipcbus %s: %s must be positive", opt, val)
+			}
+			if opt == "heartbeat" {
+				a.Heartbeat = caddy.Duration(dur)
+			} else {
+				a.DeadAfter = caddy.Duration(dur)
+			}
+		}
+	}
+	hb, dead := time.Duration(a.Heartbeat), time.Duration(a.DeadAfter)
+	if hb == 0 {
+		hb = workermgr.DefaultHeartbeat
+	}
+	if dead == 0 {
+		dead = workermgr.DefaultDeadAfter
+	}
+	if dead <= hb {
+		return fmt.Errorf("ipcbus: dead_after (%v) must be longer than heartbeat (%v)", dead, hb)
+	}
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*App)(nil)

@@ -1,0 +1,111 @@
+package ipcbus
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+)
+
+func TestGlobalOption(t *testing.T) {
+	tests := []struct {
+		in   string
+		want string // JSON of the app, or an error substring after "error: "
+	}{
+		{`ipcbus`, `{}`},
+		{`ipcbus {
+			zone edge-1
+			dir /run/ipcbus
+			size 128MiB
+			mode 0660
+			heartbeat 500ms
+			dead_after 3s
+		}`, `{"zone":"edge-1","dir":"/run/ipcbus","size":134217728,"mode":"0660","heartbeat":500000000,"dead_after":3000000000}`},
+		{`ipcbus {
+			size 100MB
+		}`, `{"size":100000000}`},
+		{`ipcbus extra`, `error: ipcbus takes no arguments`},
+		{`ipcbus {
+			zone a/b
+		}`, `error: invalid zone name "a/b"`},
+		{`ipcbus {
+			zone
+		}`, `error: ipcbus zone needs exactly one value`},
+		{`ipcbus {
+			zone a b
+		}`, `error: ipcbus zone needs exactly one value`},
+		{`ipcbus {
+			dir relative/path
+		}`, `error: ipcbus dir: "relative/path" is not an absolute path`},
+		{`ipcbus {
+			size lots
+		}`, `error: ipcbus size: "lots" is not a size`},
+		{`ipcbus {
+			size 10KiB
+		}`, `error: ipcbus size: 10KiB: must be between 1MiB and 64GiB`},
+		{`ipcbus {
+			size 1TiB
+		}`, `error: ipcbus size: 1TiB is too large`},
+		{`ipcbus {
+			mode 0644
+		}`, `error: invalid zone mode "0644"`},
+		{`ipcbus {
+			mode rw
+		}`, `error: invalid zone mode "rw"`},
+		{`ipcbus {
+			heartbeat soon
+		}`, `error: ipcbus heartbeat: "soon" is not a duration`},
+		{`ipcbus {
+			heartbeat -1s
+		}`, `error: ipcbus heartbeat: -1s must be positive`},
+		{`ipcbus {
+			heartbeat 2s
+			dead_after 1s
+		}`, `error: dead_after (1s) must be longer than heartbeat (2s)`},
+		{`ipcbus {
+			heartbeat 6s
+		}`, `error: dead_after (5s) must be longer than heartbeat (6s)`},
+		{`ipcbus {
+			colour blue
+		}`, `error: unknown ipcbus setting "colour"`},
+	}
+	for _, tt := range tests {
+		d := caddyfile.NewTestDispenser(tt.in)
+		v, err := parseGlobalOption(d, nil)
+		if want, isErr := strings.CutPrefix(tt.want, "error: "); isErr {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: error %v, want %q", tt.in, err, want)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tt.in, err)
+			continue
+		}
+		got := string(v.(httpcaddyfile.App).Value)
+		var a, b any
+		json.Unmarshal([]byte(got), &a)
+		json.Unmarshal([]byte(tt.want), &b)
+		if ja, _ := json.Marshal(a); string(ja) != mustJSON(b) {
+			t.Errorf("%s: got %s, want %s", tt.in, got, tt.want)
+		}
+	}
+	if _, err := parseGlobalOption(caddyfile.NewTestDispenser("ipcbus"), httpcaddyfile.App{}); err == nil {
+		t.Error("a second ipcbus block was accepted")
+	}
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func TestParseMode(t *testing.T) {
+	for in, ok := range map[string]bool{"0600": true, "600": true, "0660": true, "0666": false, "0640": true, "0400": false, "0700": false, "0777": false, "1000": false, "x": false, "": false} {
+		if _, err := parseMode(in); (err == nil) != ok {
+			t.Errorf("parseMode(%q) = %v", in, err)
+		}
+	}
+}

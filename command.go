@@ -1,0 +1,103 @@
+package ipcbus
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+
+	"github.com/ipcbus/caddy-ipcbus/workermgr"
+	"github.com/ipcbus/caddy-ipcbus/zone"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "ipcbus",
+		Usage: "workers [--zone <name>] [--dir <path>] [--json]",
+		Short: "Inspects an ipcbus zone",
+		Long: `
+Reads an ipcbus zone file directly (no admin endpoint needed) and prints
+its node counters and worker table.
+
+  caddy ipcbus workers [--zone <name>] [--dir <path>] [--json]
+
+--zone and --dir name the zone as the ipcbus global option does (defaults:
+"default", and /dev/shm, else $XDG_RUNTIME_DIR, else the temp dir).
+--json prints the same JSON as the admin endpoint GET /ipcbus/workers.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			workers := &cobra.Command{
+				Use:   "workers [--zone <name>] [--dir <path>] [--json]",
+				Short: "Prints the node counters and the worker table of a zone",
+				Args:  cobra.NoArgs,
+				RunE: func(c *cobra.Command, _ []string) error {
+					name, _ := c.Flags().GetString("zone")
+					dir, _ := c.Flags().GetString("dir")
+					asJSON, _ := c.Flags().GetBool("json")
+					return printWorkers(c.OutOrStdout(), name, dir, asJSON)
+				},
+			}
+			workers.Flags().String("zone", zone.DefaultName, "zone name")
+			workers.Flags().String("dir", "", "directory of the zone file")
+			workers.Flags().Bool("json", false, "print JSON")
+			cmd.AddCommand(workers)
+		},
+	})
+}
+
+func printWorkers(out io.Writer, name, dir string, asJSON bool) error {
+	z, err := zone.Open(zone.Options{Name: name, Dir: dir, ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer z.Close()
+	node, workers := workermgr.Snapshot(z)
+	rep := WorkersReport{Zone: ZoneInfo{Name: name, Path: z.Path(), Size: z.Size()}, Node: node, Workers: workers}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return writeTable(out, rep, time.Now())
+}
+
+func ago(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return humanize.RelTime(t, now, "ago", "from now")
+}
+
+func writeTable(out io.Writer, rep WorkersReport, now time.Time) error {
+	n := rep.Node
+	since := "started " + ago(n.StartedAt, now)
+	if n.State == "stopped" {
+		since = "stopped " + ago(n.StoppedAt, now)
+	}
+	fmt.Fprintf(out, "zone %s  %s  %s\n", rep.Zone.Name, rep.Zone.Path, humanize.IBytes(uint64(rep.Zone.Size)))
+	fmt.Fprintf(out, "node %s, %s (start #%d)\n", n.State, since, n.Epoch)
+	fmt.Fprintf(out, "node starts %d  worker starts %d  reloads %d  exits %d  crashes %d  missed heartbeats %d  ring gaps %d\n\n",
+		n.Starts, n.WorkerStarts, n.Reloads, n.Exits, n.Crashes, n.MissedHeartbeats, n.RingGaps)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tPID\tGEN\tSTATE\tREASON\tSTARTED\tHEARTBEAT\tLAG")
+	for _, w := range rep.Workers {
+		hb := "-"
+		if w.State == "live" || w.State == "hung" || w.State == "dead" {
+			hb = (time.Duration(w.HeartbeatAgeMs) * time.Millisecond).Round(time.Millisecond).String() + " ago"
+		}
+		reason := w.Reason
+		if reason == "" {
+			reason = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", w.ID, w.PID, w.Generation, w.State, reason, ago(w.StartedAt, now), hb, strconv.FormatUint(w.Lag, 10))
+	}
+	if len(rep.Workers) == 0 {
+		fmt.Fprintln(tw, "(no workers)")
+	}
+	return tw.Flush()
+}

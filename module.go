@@ -1,0 +1,216 @@
+// Package ipcbus is a Caddy app that joins every Caddy process on a host to
+// one shared-memory zone: a worker table kept by heartbeats and kernel
+// liveness locks, and the broadcast ring the event bus and IPC alerts ride
+// on. See README.md for the vocabulary and the configuration.
+package ipcbus
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/ipcbus/caddy-ipcbus/workermgr"
+	"github.com/ipcbus/caddy-ipcbus/zone"
+)
+
+func init() {
+	caddy.RegisterModule(new(App))
+}
+
+// App is the ipcbus app: one worker of the node on the configured zone.
+// Every Caddy process on the host whose ipcbus app names the same zone (in
+// the same directory) takes part in the same node. A config reload starts a
+// new worker (the process's next generation) before the old one leaves; both
+// share one mapping of the zone.
+type App struct {
+	// Zone names the shared-memory zone; processes with the same zone name
+	// and directory form one node. Default: "default". Letters, digits, '.',
+	// '_' and '-', at most 64.
+	Zone string `json:"zone,omitempty"`
+
+	// Dir is the directory of the zone file "ipcbus-<zone>.zone". Default:
+	// /dev/shm, else $XDG_RUNTIME_DIR, else the OS temp dir.
+	Dir string `json:"dir,omitempty"`
+
+	// Size of the zone in bytes, from 1MiB to 64GiB. Default: 64MiB. Every
+	// process of a node must use the same size; a zone is resized only by
+	// stopping every process and removing its file.
+	Size int64 `json:"size,omitempty"`
+
+	// Mode is the octal file mode of a new zone file. Default: "0600" (this
+	// user only). "0660" lets processes of other users in the file's group join.
+	Mode string `json:"mode,omitempty"`
+
+	// Heartbeat is how often the worker stamps its heartbeat. Default: 1s.
+	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
+
+	// DeadAfter is how long a worker that is alive but silent may go before
+	// the others count it as hung. Default: 5s. Must exceed heartbeat.
+	// (A worker whose process dies is seen at once, through its liveness
+	// lock, whatever this is.)
+	DeadAfter caddy.Duration `json:"dead_after,omitempty"`
+
+	mode   os.FileMode
+	logger *zap.Logger
+	gen    int
+	zone   *zone.Zone
+	poolK  string
+	worker *workermgr.Worker
+	mu     sync.Mutex
+}
+
+// CaddyModule returns the Caddy module information.
+func (*App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "ipcbus",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision sets defaults. It joins nothing: `caddy validate` provisions too.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if a.Zone == "" {
+		a.Zone = zone.DefaultName
+	}
+	if a.Size == 0 {
+		a.Size = zone.DefaultSize
+	}
+	if a.Heartbeat == 0 {
+		a.Heartbeat = caddy.Duration(workermgr.DefaultHeartbeat)
+	}
+	if a.DeadAfter == 0 {
+		a.DeadAfter = caddy.Duration(workermgr.DefaultDeadAfter)
+	}
+	a.mode = 0o600
+	if a.Mode != "" {
+		m, err := parseMode(a.Mode)
+		if err != nil {
+			return err
+		}
+		a.mode = m
+	}
+	return nil
+}
+
+// parseMode reads an octal zone file mode: owner read-write, the group at
+// most read-write, nothing for others (the zone carries every message of the node).
+func parseMode(s string) (os.FileMode, error) {
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || m > 0o777 || m&0o600 != 0o600 || m&0o111 != 0 || m&0o007 != 0 {
+		return 0, fmt.Errorf("invalid zone mode %q: give an octal file mode such as 0600 or 0660: readable and writable by its owner, no execute bits, nothing for other users", s)
+	}
+	return os.FileMode(m), nil
+}
+
+// Validate checks the configuration.
+func (a *App) Validate() error {
+	if err := zone.ValidateName(a.Zone); err != nil {
+		return err
+	}
+	if err := zone.ValidateSize(a.Size); err != nil {
+		return err
+	}
+	if a.Heartbeat <= 0 {
+		return fmt.Errorf("invalid heartbeat %v: must be positive", time.Duration(a.Heartbeat))
+	}
+	if a.DeadAfter <= a.Heartbeat {
+		return fmt.Errorf("invalid dead_after %v: must be longer than heartbeat (%v)", time.Duration(a.DeadAfter), time.Duration(a.Heartbeat))
+	}
+	return nil
+}
+
+// generation numbers this process's workers: 1 for the first Start, then
+// one more for each config load that starts the app.
+var generation atomic.Int64
+
+// zones shares one mapping of each zone file among the workers of this
+// process, so that a reload's new worker attaches to the mapping the old
+// one still uses.
+var zones = caddy.NewUsagePool()
+
+type pooledZone struct{ *zone.Zone }
+
+func (p pooledZone) Destruct() error { return p.Close() }
+
+// current is the newest started app of this process, for the admin API.
+var current atomic.Pointer[App]
+
+// Start joins the zone as a new worker.
+func (a *App) Start() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	opts := zone.Options{Name: a.Zone, Dir: a.Dir, Size: a.Size, Mode: a.mode}
+	a.poolK = zone.PathFor(opts)
+	v, _, err := zones.LoadOrNew(a.poolK, func() (caddy.Destructor, error) {
+		z, err := zone.Open(opts)
+		if err != nil {
+			return nil, err
+		}
+		return pooledZone{z}, nil
+	})
+	if err != nil {
+		return err
+	}
+	z := v.(pooledZone).Zone
+	if z.Size() != a.Size {
+		_, _ = zones.Delete(a.poolK)
+		return fmt.Errorf("zone %s is in use by this process with size %d; a reload cannot change the size to %d: restart the process (and every other process of the node) to resize", z.Path(), z.Size(), a.Size)
+	}
+	a.gen = int(generation.Add(1))
+	w, err := workermgr.Join(z, workermgr.Config{
+		Generation: a.gen,
+		Heartbeat:  time.Duration(a.Heartbeat),
+		DeadAfter:  time.Duration(a.DeadAfter),
+		Logger:     a.logger,
+	})
+	if err != nil {
+		_, _ = zones.Delete(a.poolK)
+		return err
+	}
+	a.zone, a.worker = z, w
+	current.Store(a)
+	a.logger.Info("joined zone", zap.String("zone", a.Zone), zap.String("path", z.Path()), zap.String("worker", w.ID()), zap.Int64("size", z.Size()))
+	return nil
+}
+
+// Stop leaves the zone: reason shutdown when the process is exiting, else
+// reload (a newer worker of this process runs), rollback or unload.
+func (a *App) Stop() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.worker == nil {
+		return nil
+	}
+	reason := workermgr.ReasonAuto
+	if caddy.Exiting() {
+		reason = workermgr.ReasonShutdown
+	}
+	current.CompareAndSwap(a, nil)
+	err := a.worker.Leave(reason)
+	addStats(a.worker.Stats())
+	a.worker = nil
+	if _, derr := zones.Delete(a.poolK); err == nil {
+		err = derr
+	}
+	a.zone = nil
+	return err
+}
+
+// Cleanup leaves the zone if Stop never ran (a start that was rolled back
+// half way).
+func (a *App) Cleanup() error { return a.Stop() }
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

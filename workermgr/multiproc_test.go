@@ -1,0 +1,77 @@
+package workermgr
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipcbus/caddy-ipcbus/zone"
+)
+
+func osPid() int { return os.Getpid() }
+
+// TestMain lets the multi-process tests re-run this binary as a worker.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv("WORKERMGR_HELPER_DIR"); dir != "" {
+		z, err := zone.Open(zone.Options{Name: "w", Dir: dir})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		w, err := Join(z, Config{Generation: 1})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		fmt.Println(w.ID())
+		time.Sleep(time.Hour)
+	}
+	os.Exit(m.Run())
+}
+
+// TestKilledProcessSeenCrashed: a worker process killed with SIGKILL is
+// recorded as crashed through its liveness lock, not by a heartbeat timeout
+// (dead_after here is an hour), at the next probe of a live worker.
+func TestKilledProcessSeenCrashed(t *testing.T) {
+	z := openZone(t)
+	rec := &recorder{}
+	w := join(t, z, 1, rec, func(c *Config) { c.ProbeInterval = 0 })
+	dir := z.Path()[:strings.LastIndex(z.Path(), "/")]
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "WORKERMGR_HELPER_DIR="+dir)
+	cmd.Stderr = os.Stderr
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	id, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	id = strings.TrimSpace(id)
+	rec.take()
+	killed := time.Now()
+	cmd.Process.Signal(syscall.SIGKILL)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		if got := rec.take(); len(got) > 0 {
+			if got[0] != "worker_crashed "+id+" nil 1 nil crash" {
+				t.Fatalf("events %v", got)
+			}
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if z.Node().Crashes.Load() == 0 {
+		t.Fatal("no crash recorded 30s after SIGKILL")
+	}
+	t.Logf("crash of %s seen %v after SIGKILL (probe interval %v)", id, time.Since(killed), w.cfg.ProbeInterval)
+	if z.Node().Crashes.Load() != 1 {
+		t.Fatal("crash not counted in the zone")
+	}
+}

@@ -1,0 +1,220 @@
+package zone
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+func testOptions(t testing.TB, size int64) Options {
+	t.Helper()
+	return Options{Name: "t", Dir: t.TempDir(), Size: size}
+}
+
+func mustOpen(t testing.TB, o Options) *Zone {
+	t.Helper()
+	z, err := Open(o)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { z.Close() })
+	return z
+}
+
+func TestCreateAndAttach(t *testing.T) {
+	o := testOptions(t, 4<<20)
+	a := mustOpen(t, o)
+	st, err := os.Stat(a.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() != 4<<20 || st.Mode().Perm() != 0o600 {
+		t.Fatalf("zone file is %d bytes mode %v, want %d bytes mode 0600", st.Size(), st.Mode().Perm(), 4<<20)
+	}
+	a.Node().Starts.Add(7)
+	b := mustOpen(t, o)
+	if got := b.Node().Starts.Load(); got != 7 {
+		t.Fatalf("second mapping sees Starts=%d, want 7", got)
+	}
+	o.Size = 0
+	c := mustOpen(t, o)
+	if c.Size() != 4<<20 {
+		t.Fatalf("attach with size 0 sees size %d", c.Size())
+	}
+	g := layoutFor(4 << 20)
+	if g.dataOff+g.dataSize > g.size || g.indexSlots&(g.indexSlots-1) != 0 || g.maxRecord == 0 {
+		t.Fatalf("bad geometry %+v", g)
+	}
+}
+
+func TestGroupMode(t *testing.T) {
+	o := testOptions(t, MinSize)
+	o.Mode = 0o660
+	z := mustOpen(t, o)
+	st, err := os.Stat(z.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o660 {
+		t.Fatalf("mode %v, want 0660", st.Mode().Perm())
+	}
+}
+
+func TestOpenRefuses(t *testing.T) {
+	writeZone := func(t *testing.T, o Options, mutate func(b []byte) []byte) {
+		z := mustOpen(t, o)
+		b, err := os.ReadFile(z.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		z.Close()
+		if err := os.WriteFile(z.Path(), mutate(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hdrField := func(b []byte) *header { return (*header)(unsafe.Pointer(&b[0])) }
+	tests := []struct {
+		name   string
+		size   int64 // size asked for on the second open
+		mutate func(b []byte) []byte
+		want   string
+	}{
+		{"other size", 2 << 20, func(b []byte) []byte { return b }, "but the config asks for 2097152; set size to 1048576"},
+		{"truncated", MinSize, func(b []byte) []byte { return b[:100] }, "is truncated"},
+		{"cut short", MinSize, func(b []byte) []byte { return b[:len(b)/2] }, "is 524288 bytes but its header says 1048576"},
+		{"garbage", MinSize, func(b []byte) []byte { copy(b, "GIF89a garbage"); return b }, "is not an ipcbus zone (bad magic)"},
+		{"other version", MinSize, func(b []byte) []byte { hdrField(b).Version = 99; return b }, "has layout version 99, this build uses 1"},
+		{"damaged header", MinSize, func(b []byte) []byte { hdrField(b).DataOff = 12; return b }, "has a damaged header"},
+		{"not a file", MinSize, nil, "is a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := testOptions(t, MinSize)
+			if tt.mutate == nil {
+				if err := os.Mkdir(PathFor(o), 0o700); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				writeZone(t, o, tt.mutate)
+			}
+			o.Size = tt.size
+			_, err := Open(o)
+			if err == nil {
+				t.Fatal("Open succeeded")
+			}
+			if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), PathFor(o)) {
+				t.Fatalf("error %q does not contain %q and the path", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestOpenRefusesOtherOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("giving a file to another user needs root")
+	}
+	o := testOptions(t, MinSize)
+	z := mustOpen(t, o)
+	z.Close()
+	if err := os.Chown(z.Path(), 4242, 4242); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(o)
+	if err == nil || !strings.Contains(err.Error(), "is owned by uid 4242") {
+		t.Fatalf("Open of a zone owned by someone else: %v", err)
+	}
+}
+
+func TestBlankFileIsInitialized(t *testing.T) {
+	o := testOptions(t, MinSize)
+	// A creator that died after sizing the file but before the magic.
+	if err := os.WriteFile(PathFor(o), make([]byte, MinSize), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	z := mustOpen(t, o)
+	if z.Ring().Slots() == 0 {
+		t.Fatal("blank zone not initialized")
+	}
+}
+
+func TestBadOptions(t *testing.T) {
+	dir := t.TempDir()
+	for _, o := range []struct {
+		o    Options
+		want string
+	}{
+		{Options{Name: "", Dir: dir, Size: MinSize}, "invalid zone name"},
+		{Options{Name: "a/b", Dir: dir, Size: MinSize}, "invalid zone name"},
+		{Options{Name: "x", Dir: dir, Size: 1000}, "invalid zone size 1000 bytes"},
+		{Options{Name: "x", Dir: filepath.Join(dir, "missing"), Size: MinSize}, "opening zone file"},
+		{Options{Name: "nope", Dir: dir, ReadOnly: true}, "does not exist"},
+	} {
+		if _, err := Open(o.o); err == nil || !strings.Contains(err.Error(), o.want) {
+			t.Errorf("Open(%+v) = %v, want an error with %q", o.o, err, o.want)
+		}
+	}
+}
+
+func TestNodeLockExcludesHandles(t *testing.T) {
+	z := mustOpen(t, testOptions(t, MinSize))
+	h1, err := z.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h1.Close()
+	h2, err := z.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h2.Close()
+	if err := h1.LockNode(); err != nil {
+		t.Fatal(err)
+	}
+	got, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := h2.LockNode(); err != nil {
+			t.Error(err)
+		}
+		close(got)
+		h2.UnlockNode()
+	}()
+	select {
+	case <-got:
+		t.Fatal("second handle took the node lock while the first held it")
+	case <-time.After(50 * time.Millisecond):
+	}
+	h1.UnlockNode()
+	<-done
+}
+
+func TestLivenessLock(t *testing.T) {
+	z := mustOpen(t, testOptions(t, MinSize))
+	h, err := z.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if alive, _ := z.WorkerAlive(3); alive {
+		t.Fatal("slot 3 alive before anyone held it")
+	}
+	if err := h.HoldWorker(3); err != nil {
+		t.Fatal(err)
+	}
+	if alive, _ := z.WorkerAlive(3); !alive {
+		t.Fatal("slot 3 not alive while held")
+	}
+	h2, _ := z.NewHandle()
+	defer h2.Close()
+	if err := h2.HoldWorker(3); err == nil {
+		t.Fatal("a second handle took a held liveness lock")
+	}
+	h.Close() // as a process death would
+	if alive, _ := z.WorkerAlive(3); alive {
+		t.Fatal("slot 3 still alive after its handle closed")
+	}
+}
+
+func filepathDir(p string) string { return filepath.Dir(p) }
