@@ -59,7 +59,7 @@ func runningGET(r *http.Request) (*App, error) {
 	if r.Method != http.MethodGet {
 		return nil, caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("method not allowed: use GET")}
 	}
-	if a := current.Load(); a != nil {
+	if a := current(); a != nil {
 		a.mu.Lock()
 		if a.worker != nil {
 			return a, nil

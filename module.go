@@ -139,8 +139,38 @@ type pooledZone struct{ *zone.Zone }
 
 func (p pooledZone) Destruct() error { return p.Close() }
 
-// current is the newest started app of this process, for the admin API.
-var current atomic.Pointer[App]
+// started lists this process's started apps, oldest first; the admin API
+// uses the newest. (During a reload two are started; after a failed one the
+// older stays.)
+var started struct {
+	sync.Mutex
+	apps []*App
+}
+
+func setStarted(a *App, on bool) {
+	started.Lock()
+	defer started.Unlock()
+	apps := started.apps[:0]
+	for _, x := range started.apps {
+		if x != a {
+			apps = append(apps, x)
+		}
+	}
+	if on {
+		apps = append(apps, a)
+	}
+	started.apps = apps
+}
+
+// current is the newest started app of this process, or nil.
+func current() *App {
+	started.Lock()
+	defer started.Unlock()
+	if len(started.apps) == 0 {
+		return nil
+	}
+	return started.apps[len(started.apps)-1]
+}
 
 // Start joins the zone as a new worker.
 func (a *App) Start() error {
@@ -175,7 +205,7 @@ func (a *App) Start() error {
 		return err
 	}
 	a.zone, a.worker = z, w
-	current.Store(a)
+	setStarted(a, true)
 	a.logger.Info("joined zone", zap.String("zone", a.Zone), zap.String("path", z.Path()), zap.String("worker", w.ID()), zap.Int64("size", z.Size()))
 	return nil
 }
@@ -192,7 +222,7 @@ func (a *App) Stop() error {
 	if caddy.Exiting() {
 		reason = workermgr.ReasonShutdown
 	}
-	current.CompareAndSwap(a, nil)
+	setStarted(a, false)
 	err := a.worker.Leave(reason)
 	addStats(a.worker.Stats())
 	a.worker = nil
