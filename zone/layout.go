@@ -5,7 +5,7 @@ import (
 	"unsafe"
 )
 
-// The zone file, layout version 1. All integers are little-endian
+// The zone file, layout version 2. All integers are little-endian
 // (the host's order: a zone is never shared across machines). Offsets are
 // from the start of the file. Every area starts on a 64-byte boundary so that
 // the atomic words are aligned and hot words do not share a cache line.
@@ -25,7 +25,10 @@ import (
 //	  64        8                 ring data offset
 //	  72        8                 ring data size in bytes (a multiple of 64)
 //	  80        8                 largest record the ring takes, in bytes
-//	  88        40                reserved, zero
+//	  88        8                 unique table offset
+//	  96        4                 unique slots (UniqueSlots)
+//	  100       4                 unique slot size (64)
+//	  104       24                reserved, zero
 //	  128       8                 ring tail: the next sequence number to hand out (atomic)
 //	  192       8                 ring data tail: the next data byte position to hand out (atomic)
 //	  256       4                 doorbell: futex word, bumped after a commit when a reader sleeps
@@ -33,6 +36,7 @@ import (
 //	  320       128               node area (type Node)
 //	  448       3648              reserved, zero
 //	4096        256 × 128       worker table (type WorkerSlot)
+//	36864       4096 × 64       unique table (type uniqueSlot): run-once keys of the events bus
 //	…           slots × 64      ring index (type indexSlot)
 //	…           data size       ring data: record payloads, 8-byte aligned, wrapping
 //
@@ -41,11 +45,15 @@ import (
 // byte of worker slot i is that worker's liveness lock.
 const (
 	// LayoutVersion is bumped whenever the meaning or position of any field changes.
-	LayoutVersion = 1
+	LayoutVersion = 2
 
 	headerSize     = 4096
 	workerSlotSize = 128
 	indexSlotSize  = 64
+	uniqueSlotSize = 64
+
+	// UniqueSlots is the number of run-once keys a zone holds at once.
+	UniqueSlots = 4096
 
 	// MaxWorkers is the number of worker slots in a zone.
 	MaxWorkers = 256
@@ -75,7 +83,10 @@ type header struct {
 	DataOff        uint64
 	DataSize       uint64
 	MaxRecord      uint64
-	_              [40]byte
+	UniqueOff      uint64
+	UniqueSlots    uint32
+	UniqueSlotSize uint32
+	_              [24]byte
 
 	tail     atomic.Uint64
 	_        [56]byte
@@ -205,13 +216,15 @@ type geometry struct {
 	dataSize    uint64
 	maxRecord   uint64
 	workerSlots uint64
+	uniqueOff   uint64
 }
 
 // layoutFor computes the geometry of a zone of the given size: one index slot
 // per 512 bytes of zone (rounded down to a power of two), the rest for data.
 func layoutFor(size uint64) geometry {
 	g := geometry{size: size, workerOff: headerSize, workerSlots: MaxWorkers}
-	g.indexOff = g.workerOff + MaxWorkers*workerSlotSize
+	g.uniqueOff = g.workerOff + MaxWorkers*workerSlotSize
+	g.indexOff = g.uniqueOff + UniqueSlots*uniqueSlotSize
 	n := uint64(1)
 	for n*2 <= size/512 {
 		n *= 2
@@ -231,7 +244,8 @@ func init() {
 	if unsafe.Sizeof(header{}) > headerSize || unsafe.Offsetof(header{}.tail) != 128 ||
 		unsafe.Offsetof(header{}.dataTail) != 192 || unsafe.Offsetof(header{}.doorbell) != 256 ||
 		unsafe.Offsetof(header{}.node) != 320 || unsafe.Sizeof(Node{}) != 128 ||
-		unsafe.Sizeof(WorkerSlot{}) != workerSlotSize || unsafe.Sizeof(indexSlot{}) != indexSlotSize {
+		unsafe.Sizeof(WorkerSlot{}) != workerSlotSize || unsafe.Sizeof(indexSlot{}) != indexSlotSize ||
+		unsafe.Sizeof(uniqueSlot{}) != uniqueSlotSize || unsafe.Offsetof(header{}.UniqueOff) != 88 {
 		panic("zone: layout overlays do not match the documented layout")
 	}
 }

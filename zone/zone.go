@@ -200,6 +200,9 @@ func (z *Zone) create(size uint64, mode os.FileMode, owned bool) error {
 	h.DataOff = g.dataOff
 	h.DataSize = g.dataSize
 	h.MaxRecord = g.maxRecord
+	h.UniqueOff = g.uniqueOff
+	h.UniqueSlots = UniqueSlots
+	h.UniqueSlotSize = uniqueSlotSize
 	// The magic goes last: a file without it is unfinished and is redone.
 	copy(z.mem[:8], magic[:])
 	z.geo = g
@@ -275,7 +278,8 @@ func (z *Zone) validate(o Options, fileSize int64) error {
 	g := layoutFor(h.Size)
 	if h.HeaderSize != headerSize || h.WorkerOff != g.workerOff || uint64(h.WorkerSlots) != g.workerSlots ||
 		h.WorkerSlotSize != workerSlotSize || h.IndexOff != g.indexOff || h.IndexSlots != g.indexSlots ||
-		h.DataOff != g.dataOff || h.DataSize != g.dataSize || h.MaxRecord != g.maxRecord {
+		h.DataOff != g.dataOff || h.DataSize != g.dataSize || h.MaxRecord != g.maxRecord ||
+		h.UniqueOff != g.uniqueOff || h.UniqueSlots != UniqueSlots || h.UniqueSlotSize != uniqueSlotSize {
 		return fmt.Errorf("zone file %s has a damaged header (its areas do not match its size); %s", z.path, remedy)
 	}
 	if err := z.mmap(int(h.Size), !o.ReadOnly); err != nil {

@@ -1,6 +1,7 @@
 package zone
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,7 +87,7 @@ func TestOpenRefuses(t *testing.T) {
 		{"truncated", MinSize, func(b []byte) []byte { return b[:100] }, "is truncated"},
 		{"cut short", MinSize, func(b []byte) []byte { return b[:len(b)/2] }, "is 524288 bytes but its header says 1048576"},
 		{"garbage", MinSize, func(b []byte) []byte { copy(b, "GIF89a garbage"); return b }, "is not an ipcbus zone (bad magic)"},
-		{"other version", MinSize, func(b []byte) []byte { hdrField(b).Version = 99; return b }, "has layout version 99, this build uses 1"},
+		{"other version", MinSize, func(b []byte) []byte { hdrField(b).Version = 99; return b }, "has layout version 99, this build uses " + fmt.Sprint(LayoutVersion)},
 		{"damaged header", MinSize, func(b []byte) []byte { hdrField(b).DataOff = 12; return b }, "has a damaged header"},
 		{"not a file", MinSize, nil, "is a directory"},
 	}

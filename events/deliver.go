@@ -1,0 +1,179 @@
+package events
+
+import (
+	"encoding/json"
+	"runtime/debug"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ipcbus/caddy-ipcbus/zone"
+)
+
+// loop is the worker's delivery goroutine: it sleeps on the zone doorbell,
+// reads the ring in order, and runs the handlers of each event; local
+// events and Poll barriers come through b.local.
+func (b *Bus) loop() {
+	defer close(b.done)
+	b.loopGID.Store(goid())
+	var ev Event
+	for !b.stop.Load() {
+		b.runLocal()
+		rec, st := b.rd.Read(time.Second)
+		switch st {
+		case zone.Got:
+			b.deliver(rec, &ev)
+		case zone.Overrun, zone.Gap:
+			b.lost(rec, st)
+		}
+		next := b.rd.Next()
+		if next != b.handled.Load() {
+			b.handled.Store(next)
+			if b.o.OnCursor != nil {
+				b.o.OnCursor(next)
+			}
+		}
+		if st == zone.Empty {
+			b.sweep()
+		}
+	}
+}
+
+// runLocal handles the queued local events and releases the barriers
+// whose target has been handled.
+func (b *Bus) runLocal() {
+	b.mu.Lock()
+	if len(b.local) == 0 && len(b.barriers) == 0 {
+		b.mu.Unlock()
+		return
+	}
+	items := b.local
+	b.local = nil
+	b.mu.Unlock()
+	for i := range items {
+		it := &items[i]
+		if it.barrier != nil {
+			b.mu.Lock()
+			b.barriers = append(b.barriers, barrier{target: it.ev.Seq, done: it.barrier})
+			b.mu.Unlock()
+			continue
+		}
+		b.dispatch(&it.ev)
+	}
+	next := b.rd.Next()
+	b.mu.Lock()
+	kept := b.barriers[:0]
+	for _, br := range b.barriers {
+		if next >= br.target {
+			close(br.done)
+		} else {
+			kept = append(kept, br)
+		}
+	}
+	b.barriers = kept
+	b.mu.Unlock()
+}
+
+// deliver decodes one ring record and dispatches it.
+func (b *Bus) deliver(rec zone.Record, ev *Event) {
+	if rec.Kind != RecordKind {
+		return
+	}
+	e, err := decode(rec.Data)
+	if err != nil {
+		b.st.malformed.Add(1)
+		b.log.Error("skipping a malformed event record", zap.Uint64("seq", rec.Seq), zap.Uint32("pid", rec.PID))
+		return
+	}
+	if e.flags&flagUnique != 0 && !b.z.TakeUnique(zone.UniqueTicket{Slot: e.slot, Token: e.token}, b.o.Nonce) {
+		b.st.uniqueSkipped.Add(1)
+		return
+	}
+	data := e.payload
+	if e.flags&flagBlob != 0 {
+		data, err = b.z.ReadBlob(string(e.payload), b.o.MaxPayload)
+		if err != nil {
+			b.st.blobErrors.Add(1)
+			b.log.Error("event payload lost: its blob cannot be read", zap.Uint64("seq", rec.Seq), zap.String("source", e.source), zap.String("event", e.event), zap.Error(err))
+			b.lost(zone.Record{Seq: rec.Seq, Lost: 1}, zone.Gap)
+			return
+		}
+		b.st.blobsRead.Add(1)
+	}
+	*ev = Event{
+		Seq: rec.Seq, Source: b.intern(e.source), Name: b.intern(e.event), Data: data,
+		JSON: e.flags&flagJSON != 0, PID: int(rec.PID), Generation: int(rec.Gen),
+		Unique: e.unique, Time: time.Unix(0, rec.Time),
+	}
+	b.st.delivered.Add(1)
+	b.dispatch(ev)
+}
+
+// intern keeps one copy of each source and event name.
+func (b *Bus) intern(s string) string {
+	if v, ok := b.names[s]; ok {
+		return v
+	}
+	if len(b.names) < 4096 {
+		b.names[s] = s
+	}
+	return s
+}
+
+// lost records events this worker will never handle: a log line, a
+// counter, and a local "lost" event for handlers.
+func (b *Bus) lost(rec zone.Record, st zone.Status) {
+	l := Loss{From: rec.Seq, Count: rec.Lost, Reason: "overrun"}
+	if st == zone.Gap {
+		l.Reason = "gap"
+		b.st.lostGap.Add(rec.Lost)
+	} else {
+		b.st.lostOverrun.Add(rec.Lost)
+	}
+	b.log.Warn("events lost", zap.Uint64("from", l.From), zap.Uint64("count", l.Count), zap.String("reason", l.Reason))
+	data, _ := json.Marshal(l)
+	ev := Event{Source: Source, Name: EventLost, Data: data, JSON: true, Value: l, Local: true, Time: time.Now()}
+	b.dispatch(&ev)
+}
+
+// sweep removes old blob files now and then, when the bus is idle.
+func (b *Bus) sweep() {
+	now := time.Now()
+	if now.Sub(b.lastTick) < b.o.BlobTTL/4 {
+		return
+	}
+	b.lastTick = now
+	b.z.SweepBlobs(b.o.BlobTTL, now)
+}
+
+// dispatch runs the handlers for ev: catch-all first, then those of its
+// source, then those of its source and name, each level in registration
+// order. A panicking handler is logged with its stack and the others run.
+func (b *Bus) dispatch(ev *Event) {
+	r := b.reg.Load()
+	for _, h := range r.all {
+		b.call(h, ev)
+	}
+	if len(r.bySource) > 0 {
+		for _, h := range r.bySource[ev.Source] {
+			b.call(h, ev)
+		}
+	}
+	if len(r.byEvent) > 0 {
+		for _, h := range r.byEvent[sourceEvent{ev.Source, ev.Name}] {
+			b.call(h, ev)
+		}
+	}
+}
+
+func (b *Bus) call(h *entry, ev *Event) {
+	b.st.calls.Add(1)
+	defer func() {
+		if p := recover(); p != nil {
+			b.st.panics.Add(1)
+			b.log.Error("event handler panicked", zap.String("source", ev.Source), zap.String("event", ev.Name),
+				zap.Uint64("seq", ev.Seq), zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+		}
+	}()
+	h.fn(ev)
+}
