@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/ipcbus/caddy-ipcbus/events"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
 )
 
@@ -34,6 +35,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/ipcbus/workers", Handler: caddy.AdminHandlerFunc(handleWorkers)},
 		{Pattern: "/ipcbus/stats", Handler: caddy.AdminHandlerFunc(handleStats)},
+		{Pattern: "/ipcbus/events", Handler: caddy.AdminHandlerFunc(handleEvents)},
 	}
 }
 
@@ -91,7 +93,14 @@ func handleWorkers(w http.ResponseWriter, r *http.Request) error {
 var processStats struct {
 	sync.Mutex
 	workermgr.Stats
+	events  events.Stats
 	workers int
+}
+
+func addEventStats(s events.Stats) {
+	processStats.Lock()
+	defer processStats.Unlock()
+	processStats.events.Add(s)
 }
 
 func addStats(s workermgr.Stats) {
@@ -110,7 +119,9 @@ type StatsReport struct {
 	Workers int `json:"workers"`
 	// Lifecycle sums the counters of every worker this process has run.
 	Lifecycle workermgr.Stats `json:"lifecycle"`
-	Ring      RingStats       `json:"ring"`
+	// Events sums the events bus counters of every worker this process has run.
+	Events events.Stats `json:"events"`
+	Ring   RingStats    `json:"ring"`
 }
 
 // RingStats describes the zone's ring.
@@ -128,9 +139,10 @@ func handleStats(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer a.mu.Unlock()
 	processStats.Lock()
-	rep := StatsReport{PID: os.Getpid(), Worker: a.worker.ID(), Generation: a.gen, Workers: processStats.workers + 1, Lifecycle: processStats.Stats}
+	rep := StatsReport{PID: os.Getpid(), Worker: a.worker.ID(), Generation: a.gen, Workers: processStats.workers + 1, Lifecycle: processStats.Stats, Events: processStats.events}
 	processStats.Unlock()
 	rep.Lifecycle.Add(a.worker.Stats())
+	rep.Events.Add(a.bus.Stats())
 	ring := a.zone.Ring()
 	rep.Ring = RingStats{Tail: ring.Tail(), Slots: ring.Slots(), DataBytes: ring.DataSize(), MaxRecord: ring.MaxRecord()}
 	return writeJSON(w, rep)

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/dustin/go-humanize"
 
+	"github.com/ipcbus/caddy-ipcbus/events"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
@@ -39,6 +40,10 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		mode       <octal>      # default 0600; 0660 to share with the file's group
 //		heartbeat  <duration>   # default 1s
 //		dead_after <duration>   # default 5s, longer than heartbeat
+//		unique_timeout <duration>  # default 2s
+//		max_payload <size>      # default 64MiB, at most 4294967040 bytes
+//		wait_max   <duration>   # default 500ms
+//		spin       <duration>   # default 50µs
 //	}
 //
 // Every setting is optional, and so is the block.
@@ -50,9 +55,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		opt := d.Val()
 		switch opt {
-		case "zone", "dir", "size", "mode", "heartbeat", "dead_after":
+		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "wait_max", "spin":
 		default:
-			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat and dead_after", opt)
+			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, wait_max and spin", opt)
 		}
 		var val string
 		if !d.AllArgs(&val) {
@@ -86,7 +91,16 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("ipcbus mode: %v", err)
 			}
 			a.Mode = val
-		case "heartbeat", "dead_after":
+		case "max_payload":
+			n, err := humanize.ParseBytes(val)
+			if err != nil {
+				return d.Errf("ipcbus max_payload: %q is not a size; write it like 16MiB", val)
+			}
+			if n == 0 || n > events.MaxPayloadLimit {
+				return d.Errf("ipcbus max_payload: %s: must be between 1 byte and 4294967040 bytes", val)
+			}
+			a.MaxPayload = int64(n)
+		case "heartbeat", "dead_after", "unique_timeout", "wait_max", "spin":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil {
 				return d.Errf("ipcbus %s: %q is not a duration; write it like 1s or 500ms", opt, val)
@@ -94,11 +108,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if dur <= 0 {
 				return d.Errf("ipcbus %s: %s must be positive", opt, val)
 			}
-			if opt == "heartbeat" {
-				a.Heartbeat = caddy.Duration(dur)
-			} else {
-				a.DeadAfter = caddy.Duration(dur)
-			}
+			*map[string]*caddy.Duration{"heartbeat": &a.Heartbeat, "dead_after": &a.DeadAfter, "unique_timeout": &a.UniqueTimeout, "wait_max": &a.WaitMax, "spin": &a.Spin}[opt] = caddy.Duration(dur)
 		}
 	}
 	hb, dead := time.Duration(a.Heartbeat), time.Duration(a.DeadAfter)

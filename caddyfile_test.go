@@ -26,6 +26,18 @@ func TestGlobalOption(t *testing.T) {
 		{`ipcbus {
 			size 100MB
 		}`, `{"size":100000000}`},
+		{`ipcbus {
+			unique_timeout 10s
+			max_payload 1MiB
+			wait_max 200ms
+			spin 1ms
+		}`, `{"unique_timeout":10000000000,"max_payload":1048576,"wait_max":200000000,"spin":1000000}`},
+		{`ipcbus {
+			max_payload 5GiB
+		}`, `error: ipcbus max_payload: 5GiB: must be between 1 byte and 4294967040 bytes`},
+		{`ipcbus {
+			spin fast
+		}`, `error: ipcbus spin: "fast" is not a duration`},
 		{`ipcbus extra`, `error: ipcbus takes no arguments`},
 		{`ipcbus {
 			zone a/b

@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/ipcbus/caddy-ipcbus/events"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
@@ -56,12 +57,34 @@ type App struct {
 	// lock, whatever this is.)
 	DeadAfter caddy.Duration `json:"dead_after,omitempty"`
 
+	// UniqueTimeout is how long a run-once ("unique") event key stays taken
+	// after its first post: later posts of it are refused as duplicates.
+	// Default: 2s.
+	UniqueTimeout caddy.Duration `json:"unique_timeout,omitempty"`
+
+	// MaxPayload is the largest event payload accepted, in bytes, up to
+	// 4294967040. Default: 64MiB. Payloads over 64KiB travel in blob files
+	// next to the zone file rather than in the ring.
+	MaxPayload int64 `json:"max_payload,omitempty"`
+
+	// WaitMax is how long a worker waits for an event whose poster reserved
+	// it but has not finished writing it (it died, or stalled) before it
+	// skips it as lost. Default: 500ms.
+	WaitMax caddy.Duration `json:"wait_max,omitempty"`
+
+	// Spin is how long the delivery goroutine keeps looking for the next
+	// event, yielding the CPU between looks, before it sleeps on the zone's
+	// futex. Default: 50µs. A window longer than the usual gap between
+	// events gives microsecond latency for CPU.
+	Spin caddy.Duration `json:"spin,omitempty"`
+
 	mode   os.FileMode
 	logger *zap.Logger
 	gen    int
 	zone   *zone.Zone
 	poolK  string
 	worker *workermgr.Worker
+	bus    *events.Bus
 	mu     sync.Mutex
 }
 
@@ -122,6 +145,15 @@ func (a *App) Validate() error {
 	}
 	if a.DeadAfter <= a.Heartbeat {
 		return fmt.Errorf("invalid dead_after %v: must be longer than heartbeat (%v)", time.Duration(a.DeadAfter), time.Duration(a.Heartbeat))
+	}
+	if a.UniqueTimeout < 0 {
+		return fmt.Errorf("invalid unique_timeout %v: must be positive", time.Duration(a.UniqueTimeout))
+	}
+	if a.MaxPayload < 0 || a.MaxPayload > events.MaxPayloadLimit {
+		return fmt.Errorf("invalid max_payload %d: must be between 1 and %d bytes", a.MaxPayload, int64(events.MaxPayloadLimit))
+	}
+	if a.WaitMax < 0 || a.Spin < 0 {
+		return fmt.Errorf("invalid wait_max %v or spin %v: must be positive", time.Duration(a.WaitMax), time.Duration(a.Spin))
 	}
 	return nil
 }
@@ -194,16 +226,36 @@ func (a *App) Start() error {
 		return fmt.Errorf("zone %s is in use by this process with size %d; a reload cannot change the size to %d: restart the process (and every other process of the node) to resize", z.Path(), z.Size(), a.Size)
 	}
 	a.gen = int(generation.Add(1))
-	w, err := workermgr.Join(z, workermgr.Config{
-		Generation: a.gen,
-		Heartbeat:  time.Duration(a.Heartbeat),
-		DeadAfter:  time.Duration(a.DeadAfter),
-		Logger:     a.logger,
+	bus, err := events.New(events.Options{
+		Zone: z, PID: os.Getpid(), Generation: a.gen,
+		UniqueTimeout: time.Duration(a.UniqueTimeout), MaxPayload: a.MaxPayload,
+		WaitMax: time.Duration(a.WaitMax), Spin: time.Duration(a.Spin),
+		Logger: a.logger.Named("events"),
 	})
 	if err != nil {
 		_, _ = zones.Delete(a.poolK)
 		return err
 	}
+	w, err := workermgr.Join(z, workermgr.Config{
+		Generation: a.gen,
+		Heartbeat:  time.Duration(a.Heartbeat),
+		DeadAfter:  time.Duration(a.DeadAfter),
+		Logger:     a.logger,
+		OnEvent:    func(ev workermgr.Event) { postLifecycle(bus, ev, a.logger) },
+	})
+	if err != nil {
+		bus.Close(0)
+		_, _ = zones.Delete(a.poolK)
+		return err
+	}
+	bus.SetOnCursor(w.SetCursor)
+	if err := bus.Start(); err != nil {
+		_ = w.Leave(workermgr.ReasonUnload)
+		bus.Close(0)
+		_, _ = zones.Delete(a.poolK)
+		return err
+	}
+	a.bus = bus
 	a.zone, a.worker = z, w
 	setStarted(a, true)
 	a.logger.Info("joined zone", zap.String("zone", a.Zone), zap.String("path", z.Path()), zap.String("worker", w.ID()), zap.Int64("size", z.Size()))
@@ -223,6 +275,11 @@ func (a *App) Stop() error {
 		reason = workermgr.ReasonShutdown
 	}
 	setStarted(a, false)
+	// The bus posts "stopping" and handles what was posted before it; then
+	// the worker leaves (its exit is posted for the others).
+	_ = a.bus.Close(time.Second)
+	addEventStats(a.bus.Stats())
+	a.bus = nil
 	err := a.worker.Leave(reason)
 	addStats(a.worker.Stats())
 	a.worker = nil
@@ -232,6 +289,26 @@ func (a *App) Stop() error {
 	a.zone = nil
 	return err
 }
+
+// Bus is the events bus of the running worker, or nil when the app is not
+// started. Go plugins use it to post and handle events on every worker of
+// the node.
+func (a *App) Bus() *events.Bus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.bus
+}
+
+// postLifecycle posts a worker lifecycle event on the bus (source
+// ipcbus.workers), so that every worker and poller sees it.
+func postLifecycle(bus *events.Bus, ev workermgr.Event, log *zap.Logger) {
+	if _, err := bus.Post(LifecycleSource, ev.Kind.String(), ev); err != nil {
+		log.Error("posting a lifecycle event", zap.String("event", ev.Kind.String()), zap.Error(err))
+	}
+}
+
+// LifecycleSource is the event source of worker lifecycle events.
+const LifecycleSource = "ipcbus.workers"
 
 // Cleanup leaves the zone if Stop never ran (a start that was rolled back
 // half way).

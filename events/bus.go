@@ -122,6 +122,25 @@ type Stats struct {
 	LocalQueueFull uint64 `json:"local_queue_full"`
 }
 
+// Add adds o's counters to s.
+func (s *Stats) Add(o Stats) {
+	s.Posted += o.Posted
+	s.PostedLocal += o.PostedLocal
+	s.PostErrors += o.PostErrors
+	s.Duplicates += o.Duplicates
+	s.Delivered += o.Delivered
+	s.HandlerCalls += o.HandlerCalls
+	s.HandlerPanics += o.HandlerPanics
+	s.UniqueSkipped += o.UniqueSkipped
+	s.LostOverrun += o.LostOverrun
+	s.LostGap += o.LostGap
+	s.Malformed += o.Malformed
+	s.BlobsWritten += o.BlobsWritten
+	s.BlobsRead += o.BlobsRead
+	s.BlobErrors += o.BlobErrors
+	s.LocalQueueFull += o.LocalQueueFull
+}
+
 // Bus is one worker's handle on the events bus.
 type Bus struct {
 	o      Options
@@ -146,7 +165,6 @@ type Bus struct {
 	done     chan struct{}
 	loopGID  atomic.Uint64
 	handled  atomic.Uint64 // the next sequence to handle
-	names    map[string]string
 	st       counters
 	unblock  chan struct{}
 	lastTick time.Time
@@ -219,7 +237,6 @@ func New(o Options) (*Bus, error) {
 		rd:     r.NewReader(r.Tail()),
 		inline: min(o.InlineLimit, r.MaxRecord()-encHeader-3*MaxNameLen),
 		done:   make(chan struct{}),
-		names:  map[string]string{},
 	}
 	b.rd.SetWaitMax(o.WaitMax)
 	b.rd.SetSpin(o.Spin)
@@ -227,6 +244,9 @@ func New(o Options) (*Bus, error) {
 	b.reg.Store(&registry{})
 	return b, nil
 }
+
+// SetOnCursor sets Options.OnCursor before Start.
+func (b *Bus) SetOnCursor(f func(next uint64)) { b.o.OnCursor = f }
 
 // Start begins delivery and posts the "started" event to every worker.
 func (b *Bus) Start() error {

@@ -79,45 +79,68 @@ func (b *Bus) deliver(rec zone.Record, ev *Event) {
 	if rec.Kind != RecordKind {
 		return
 	}
-	e, err := decode(rec.Data)
-	if err != nil {
-		b.st.malformed.Add(1)
-		b.log.Error("skipping a malformed event record", zap.Uint64("seq", rec.Seq), zap.Uint32("pid", rec.PID))
+	e, ok := b.decodeFields(rec)
+	if !ok {
 		return
 	}
 	if e.flags&flagUnique != 0 && !b.z.TakeUnique(zone.UniqueTicket{Slot: e.slot, Token: e.token}, b.o.Nonce) {
 		b.st.uniqueSkipped.Add(1)
 		return
 	}
-	data := e.payload
-	if e.flags&flagBlob != 0 {
-		data, err = b.z.ReadBlob(string(e.payload), b.o.MaxPayload)
-		if err != nil {
-			b.st.blobErrors.Add(1)
-			b.log.Error("event payload lost: its blob cannot be read", zap.Uint64("seq", rec.Seq), zap.String("source", e.source), zap.String("event", e.event), zap.Error(err))
-			b.lost(zone.Record{Seq: rec.Seq, Lost: 1}, zone.Gap)
-			return
-		}
-		b.st.blobsRead.Add(1)
+	data, ok := b.payloadOf(rec, e)
+	if !ok {
+		b.lost(zone.Record{Seq: rec.Seq, Lost: 1}, zone.Gap)
+		return
 	}
-	*ev = Event{
-		Seq: rec.Seq, Source: b.intern(e.source), Name: b.intern(e.event), Data: data,
-		JSON: e.flags&flagJSON != 0, PID: int(rec.PID), Generation: int(rec.Gen),
-		Unique: e.unique, Time: time.Unix(0, rec.Time),
-	}
+	*ev = b.event(rec, e, data)
 	b.st.delivered.Add(1)
 	b.dispatch(ev)
 }
 
-// intern keeps one copy of each source and event name.
-func (b *Bus) intern(s string) string {
-	if v, ok := b.names[s]; ok {
-		return v
+// decodeRecord decodes an event record without taking its unique claim.
+func (b *Bus) decodeRecord(rec zone.Record) (Event, bool) {
+	e, ok := b.decodeFields(rec)
+	if !ok {
+		return Event{}, false
 	}
-	if len(b.names) < 4096 {
-		b.names[s] = s
+	data, ok := b.payloadOf(rec, e)
+	if !ok {
+		return Event{}, false
 	}
-	return s
+	return b.event(rec, e, data), true
+}
+
+func (b *Bus) decodeFields(rec zone.Record) (encoded, bool) {
+	e, err := decode(rec.Data)
+	if err != nil {
+		b.st.malformed.Add(1)
+		b.log.Error("skipping a malformed event record", zap.Uint64("seq", rec.Seq), zap.Uint32("pid", rec.PID))
+		return encoded{}, false
+	}
+	return e, true
+}
+
+// payloadOf returns the event's data, reading its blob file if it has one.
+func (b *Bus) payloadOf(rec zone.Record, e encoded) ([]byte, bool) {
+	if e.flags&flagBlob == 0 {
+		return e.payload, true
+	}
+	data, err := b.z.ReadBlob(string(e.payload), b.o.MaxPayload)
+	if err != nil {
+		b.st.blobErrors.Add(1)
+		b.log.Error("event payload lost: its blob cannot be read", zap.Uint64("seq", rec.Seq), zap.String("source", e.source), zap.String("event", e.event), zap.Error(err))
+		return nil, false
+	}
+	b.st.blobsRead.Add(1)
+	return data, true
+}
+
+func (b *Bus) event(rec zone.Record, e encoded, data []byte) Event {
+	return Event{
+		Seq: rec.Seq, Source: e.source, Name: e.event, Data: data,
+		JSON: e.flags&flagJSON != 0, PID: int(rec.PID), Generation: int(rec.Gen),
+		Unique: e.unique, Time: time.Unix(0, rec.Time),
+	}
 }
 
 // lost records events this worker will never handle: a log line, a

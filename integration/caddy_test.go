@@ -58,6 +58,8 @@ type node struct {
 	dir      string // zone directory and config files
 	zone     string
 	sitePort int
+	extra    string // more global options
+	settings string // more ipcbus settings
 }
 
 func newNode(t *testing.T) *node {
@@ -84,13 +86,15 @@ func (n *node) caddyfile(admin string) string {
 		size 8MiB
 		heartbeat 200ms
 		dead_after 2s
+		%s
 	}
+	%s
 }
 
 http://127.0.0.1:%d {
 	respond "site"
 }
-`, admin, n.zone, n.dir, n.sitePort)
+`, admin, n.zone, n.dir, n.settings, n.extra, n.sitePort)
 }
 
 // start runs a Caddy process with its own admin address and waits until

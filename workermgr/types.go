@@ -38,6 +38,9 @@ func (r Reason) String() string {
 	return "reason(" + strconv.Itoa(int(r)) + ")"
 }
 
+// MarshalText is the reason's name.
+func (r Reason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
 // Count is one of worker-manager's counts. As there, an absent count (the
 // generation has no entry at all) is not the same as zero.
 type Count struct {
@@ -116,7 +119,7 @@ type Event struct {
 	Mine       Count  `json:"n_mine"`
 	Next       Count  `json:"n_next"`
 	// Reason is set for WorkerExited and WorkerCrashed.
-	Reason Reason `json:"-"`
+	Reason Reason `json:"reason,omitzero"`
 	// Reload is set when a worker starts while an older worker of its process
 	// lives, and when a worker exits because a newer one took over.
 	Reload bool `json:"reload,omitempty"`
