@@ -70,7 +70,10 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
-		l := line{Lib: "ipcbus-events", N: r.N, Size: r.Size, K: r.K, Gap: r.Gap.Seconds(), Spin: spin.String(), Report: rep}
+		l := line{Lib: "ipcbus-events", N: r.N, Size: r.Size, K: r.K, Gap: r.Gap.Seconds(), Report: rep}
+		if *spin > 0 {
+			l.Spin = spin.String()
+		}
 		lines = append(lines, l)
 		if *asJSON {
 			b, _ := json.Marshal(l)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,10 +26,11 @@ func TestMain(m *testing.M) {
 }
 
 type helperResult struct {
-	Handled int    `json:"handled"`
-	Lost    uint64 `json:"lost"`
-	Hash    string `json:"hash"`
-	Err     string `json:"err,omitempty"`
+	Handled int      `json:"handled"`
+	Lost    uint64   `json:"lost"`
+	Hash    string   `json:"hash"`
+	Keys    []string `json:"keys,omitempty"`
+	Err     string   `json:"err,omitempty"`
 }
 
 // helper is a worker process: it posts EVENTS_K events of source "t" (or
@@ -59,6 +61,8 @@ func helper(role string) int {
 			fmt.Fprintf(h, "lost %d %d;", e.Value.(Loss).From, e.Value.(Loss).Count)
 		case e.Source == "t" && e.Name == "end":
 			close(done)
+		case e.Source == "u":
+			res.Keys = append(res.Keys, e.Unique)
 		case e.Source == "t":
 			var n int
 			fmt.Sscan(string(e.Data), &n)
@@ -197,4 +201,46 @@ func TestPosterKilledInBurst(t *testing.T) {
 		t.Fatalf("lost %d events to one killed poster", ra.Lost)
 	}
 	t.Logf("handled %d events of the killed poster, %d lost", ra.Handled, ra.Lost)
+}
+
+// TestUniqueAcrossProcesses: unique events posted while three worker
+// processes run are each handled by exactly one of them.
+func TestUniqueAcrossProcesses(t *testing.T) {
+	z := openZone(t, 4<<20)
+	dir := z.Path()[:strings.LastIndex(z.Path(), "/")]
+	var ps []*proc
+	for i := 0; i < 3; i++ {
+		p := spawn(t, dir, "post", "EVENTS_K=0")
+		p.in.WriteString("go\n")
+		ps = append(ps, p)
+	}
+	poster := newBus(t, z, 1)
+	const keys = 300
+	for i := 0; i < keys; i++ {
+		if _, err := poster.Post("u", "job", nil, Unique(fmt.Sprintf("key-%d", i))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := poster.Post("u", "job", nil, Unique(fmt.Sprintf("key-%d", i))); !errors.Is(err, ErrDuplicate) {
+			t.Fatalf("second post of key-%d: %v", i, err)
+		}
+	}
+	poster.Post("t", "end", nil)
+	handled := map[string]int{}
+	per := []int{}
+	for _, p := range ps {
+		r := p.result(t)
+		per = append(per, len(r.Keys))
+		for _, k := range r.Keys {
+			handled[k]++
+		}
+	}
+	if len(handled) != keys {
+		t.Fatalf("%d keys handled, want %d", len(handled), keys)
+	}
+	for k, n := range handled {
+		if n != 1 {
+			t.Fatalf("%s handled %d times", k, n)
+		}
+	}
+	t.Logf("unique events handled per process: %v", per)
 }
