@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/ipc"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
 )
 
@@ -36,6 +37,8 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/ipcbus/workers", Handler: caddy.AdminHandlerFunc(handleWorkers)},
 		{Pattern: "/ipcbus/stats", Handler: caddy.AdminHandlerFunc(handleStats)},
 		{Pattern: "/ipcbus/events", Handler: caddy.AdminHandlerFunc(handleEvents)},
+		{Pattern: "/ipcbus/send", Handler: caddy.AdminHandlerFunc(handleSend)},
+		{Pattern: "/ipcbus/broadcast", Handler: caddy.AdminHandlerFunc(handleSend)},
 	}
 }
 
@@ -94,13 +97,15 @@ var processStats struct {
 	sync.Mutex
 	workermgr.Stats
 	events  events.Stats
+	alerts  ipc.Stats
 	workers int
 }
 
-func addEventStats(s events.Stats) {
+func addEventStats(s events.Stats, a ipc.Stats) {
 	processStats.Lock()
 	defer processStats.Unlock()
 	processStats.events.Add(s)
+	processStats.alerts.Add(a)
 }
 
 func addStats(s workermgr.Stats) {
@@ -121,7 +126,9 @@ type StatsReport struct {
 	Lifecycle workermgr.Stats `json:"lifecycle"`
 	// Events sums the events bus counters of every worker this process has run.
 	Events events.Stats `json:"events"`
-	Ring   RingStats    `json:"ring"`
+	// Alerts sums the IPC alert counters of every worker this process has run.
+	Alerts ipc.Stats `json:"alerts"`
+	Ring   RingStats `json:"ring"`
 }
 
 // RingStats describes the zone's ring.
@@ -139,10 +146,11 @@ func handleStats(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer a.mu.Unlock()
 	processStats.Lock()
-	rep := StatsReport{PID: os.Getpid(), Worker: a.worker.ID(), Generation: a.gen, Workers: processStats.workers + 1, Lifecycle: processStats.Stats, Events: processStats.events}
+	rep := StatsReport{PID: os.Getpid(), Worker: a.worker.ID(), Generation: a.gen, Workers: processStats.workers + 1, Lifecycle: processStats.Stats, Events: processStats.events, Alerts: processStats.alerts}
 	processStats.Unlock()
 	rep.Lifecycle.Add(a.worker.Stats())
 	rep.Events.Add(a.bus.Stats())
+	rep.Alerts.Add(a.alerts.Stats())
 	ring := a.zone.Ring()
 	rep.Ring = RingStats{Tail: ring.Tail(), Slots: ring.Slots(), DataBytes: ring.DataSize(), MaxRecord: ring.MaxRecord()}
 	return writeJSON(w, rep)

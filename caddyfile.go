@@ -44,6 +44,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		max_payload <size>      # default 64MiB, at most 4294967040 bytes
 //		wait_max   <duration>   # default 500ms
 //		spin       <duration>   # default 50µs
+//		send_timeout <duration> # default 5s
+//		alert_overflow block|drop  # default block
 //	}
 //
 // Every setting is optional, and so is the block.
@@ -55,9 +57,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		opt := d.Val()
 		switch opt {
-		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "wait_max", "spin":
+		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "wait_max", "spin", "send_timeout", "alert_overflow":
 		default:
-			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, wait_max and spin", opt)
+			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, wait_max, spin, send_timeout and alert_overflow", opt)
 		}
 		var val string
 		if !d.AllArgs(&val) {
@@ -100,7 +102,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("ipcbus max_payload: %s: must be between 1 byte and 4294967040 bytes", val)
 			}
 			a.MaxPayload = int64(n)
-		case "heartbeat", "dead_after", "unique_timeout", "wait_max", "spin":
+		case "alert_overflow":
+			if val != "block" && val != "drop" {
+				return d.Errf("ipcbus alert_overflow: %q: use block or drop", val)
+			}
+			a.AlertOverflow = val
+		case "heartbeat", "dead_after", "unique_timeout", "wait_max", "spin", "send_timeout":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil {
 				return d.Errf("ipcbus %s: %q is not a duration; write it like 1s or 500ms", opt, val)
@@ -108,7 +115,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if dur <= 0 {
 				return d.Errf("ipcbus %s: %s must be positive", opt, val)
 			}
-			*map[string]*caddy.Duration{"heartbeat": &a.Heartbeat, "dead_after": &a.DeadAfter, "unique_timeout": &a.UniqueTimeout, "wait_max": &a.WaitMax, "spin": &a.Spin}[opt] = caddy.Duration(dur)
+			*map[string]*caddy.Duration{"heartbeat": &a.Heartbeat, "dead_after": &a.DeadAfter, "unique_timeout": &a.UniqueTimeout, "wait_max": &a.WaitMax, "spin": &a.Spin, "send_timeout": &a.SendTimeout}[opt] = caddy.Duration(dur)
 		}
 	}
 	hb, dead := time.Duration(a.Heartbeat), time.Duration(a.DeadAfter)

@@ -38,6 +38,13 @@ func TestGlobalOption(t *testing.T) {
 		{`ipcbus {
 			spin fast
 		}`, `error: ipcbus spin: "fast" is not a duration`},
+		{`ipcbus {
+			send_timeout 1s
+			alert_overflow drop
+		}`, `{"send_timeout":1000000000,"alert_overflow":"drop"}`},
+		{`ipcbus {
+			alert_overflow queue
+		}`, `error: ipcbus alert_overflow: "queue": use block or drop`},
 		{`ipcbus extra`, `error: ipcbus takes no arguments`},
 		{`ipcbus {
 			zone a/b

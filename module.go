@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/ipc"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
@@ -78,6 +79,15 @@ type App struct {
 	// events gives microsecond latency for CPU.
 	Spin caddy.Duration `json:"spin,omitempty"`
 
+	// SendTimeout bounds how long an IPC alert sender waits for a receiver
+	// that has fallen too far behind before it gets an error. Default: 5s.
+	SendTimeout caddy.Duration `json:"send_timeout,omitempty"`
+
+	// AlertOverflow is what an alert sender does when a receiver has fallen
+	// too far behind: "block" (wait up to send_timeout, then fail; the
+	// default) or "drop" (fail at once; the alert is dropped and counted).
+	AlertOverflow string `json:"alert_overflow,omitempty"`
+
 	mode   os.FileMode
 	logger *zap.Logger
 	gen    int
@@ -85,6 +95,7 @@ type App struct {
 	poolK  string
 	worker *workermgr.Worker
 	bus    *events.Bus
+	alerts *ipc.IPC
 	mu     sync.Mutex
 }
 
@@ -151,6 +162,12 @@ func (a *App) Validate() error {
 	}
 	if a.MaxPayload < 0 || a.MaxPayload > events.MaxPayloadLimit {
 		return fmt.Errorf("invalid max_payload %d: must be between 1 and %d bytes", a.MaxPayload, int64(events.MaxPayloadLimit))
+	}
+	if a.SendTimeout < 0 {
+		return fmt.Errorf("invalid send_timeout %v: must be positive", time.Duration(a.SendTimeout))
+	}
+	if a.AlertOverflow != "" && a.AlertOverflow != "block" && a.AlertOverflow != "drop" {
+		return fmt.Errorf("invalid alert_overflow %q: use block or drop", a.AlertOverflow)
 	}
 	if a.WaitMax < 0 || a.Spin < 0 {
 		return fmt.Errorf("invalid wait_max %v or spin %v: must be positive", time.Duration(a.WaitMax), time.Duration(a.Spin))
@@ -241,7 +258,12 @@ func (a *App) Start() error {
 		Heartbeat:  time.Duration(a.Heartbeat),
 		DeadAfter:  time.Duration(a.DeadAfter),
 		Logger:     a.logger,
-		OnEvent:    func(ev workermgr.Event) { postLifecycle(bus, ev, a.logger) },
+		OnEvent: func(ev workermgr.Event) {
+			postLifecycle(bus, ev, a.logger)
+			if ev.Kind == workermgr.WorkerCrashed && ev.Reason == workermgr.ReasonCrash {
+				countDiscarded(z, ev, a.logger)
+			}
+		},
 	})
 	if err != nil {
 		bus.Close(0)
@@ -249,13 +271,33 @@ func (a *App) Start() error {
 		return err
 	}
 	bus.SetOnCursor(w.SetCursor)
-	if err := bus.Start(); err != nil {
+	overflow := ipc.Block
+	if a.AlertOverflow == "drop" {
+		overflow = ipc.Drop
+	}
+	alerts, err := ipc.New(ipc.Options{
+		Zone: z, PID: os.Getpid(), Generation: a.gen,
+		SendTimeout: time.Duration(a.SendTimeout), Overflow: overflow,
+		WaitMax: time.Duration(a.WaitMax), Spin: time.Duration(a.Spin),
+		Logger: a.logger.Named("ipc"),
+	})
+	if err == nil {
+		alerts.SetWorkerSlot(w.Slot())
+		err = alerts.Start()
+	}
+	if err == nil {
+		err = bus.Start()
+	}
+	if err != nil {
+		if alerts != nil {
+			alerts.Close()
+		}
 		_ = w.Leave(workermgr.ReasonUnload)
 		bus.Close(0)
 		_, _ = zones.Delete(a.poolK)
 		return err
 	}
-	a.bus = bus
+	a.bus, a.alerts = bus, alerts
 	a.zone, a.worker = z, w
 	setStarted(a, true)
 	a.logger.Info("joined zone", zap.String("zone", a.Zone), zap.String("path", z.Path()), zap.String("worker", w.ID()), zap.Int64("size", z.Size()))
@@ -278,8 +320,9 @@ func (a *App) Stop() error {
 	// The bus posts "stopping" and handles what was posted before it; then
 	// the worker leaves (its exit is posted for the others).
 	_ = a.bus.Close(time.Second)
-	addEventStats(a.bus.Stats())
-	a.bus = nil
+	_ = a.alerts.Close()
+	addEventStats(a.bus.Stats(), a.alerts.Stats())
+	a.bus, a.alerts = nil, nil
 	err := a.worker.Leave(reason)
 	addStats(a.worker.Stats())
 	a.worker = nil
@@ -297,6 +340,24 @@ func (a *App) Bus() *events.Bus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.bus
+}
+
+// IPC is the alerts endpoint of the running worker, or nil when the app
+// is not started: send, broadcast and receive alerts between processes.
+func (a *App) IPC() *ipc.IPC {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.alerts
+}
+
+// countDiscarded counts the alerts a crashed worker never read.
+func countDiscarded(z *zone.Zone, ev workermgr.Event, log *zap.Logger) {
+	n := ipc.Discarded(z, ev.PID, z.Worker(ev.Slot).AlertCursor.Load())
+	z.Worker(ev.Slot).AlertCursor.Store(0)
+	if n > 0 {
+		z.Node().AlertsDiscarded.Add(n)
+		log.Warn("alerts to a crashed worker discarded", zap.String("worker", ev.ID), zap.Uint64("alerts", n))
+	}
 }
 
 // postLifecycle posts a worker lifecycle event on the bus (source

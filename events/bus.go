@@ -1,20 +1,18 @@
 package events
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/ipcbus/caddy-ipcbus/internal/goid"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
@@ -478,7 +476,7 @@ func (b *Bus) enqueue(it localItem) error {
 func (b *Bus) Poll() error { return b.pollTimeout(-1) }
 
 func (b *Bus) pollTimeout(d time.Duration) error {
-	if b.loopGID.Load() == goid() {
+	if b.loopGID.Load() == goid.Get() {
 		return ErrRecursive
 	}
 	b.mu.Lock()
@@ -502,18 +500,6 @@ func (b *Bus) pollTimeout(d time.Duration) error {
 	case <-time.After(d):
 		return fmt.Errorf("events not handled within %v", d)
 	}
-}
-
-// goid is the current goroutine's id, for Poll's recursion check (not a hot path).
-func goid() uint64 {
-	var buf [32]byte
-	n := runtime.Stack(buf[:], false)
-	f := bytes.Fields(buf[:n])
-	if len(f) < 2 {
-		return 0
-	}
-	id, _ := strconv.ParseUint(string(f[1]), 10, 64)
-	return id
 }
 
 // Stats returns the bus's counters.

@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ipcbus/caddy-ipcbus/internal/goid"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
@@ -15,7 +16,7 @@ import (
 // events and Poll barriers come through b.local.
 func (b *Bus) loop() {
 	defer close(b.done)
-	b.loopGID.Store(goid())
+	b.loopGID.Store(goid.Get())
 	var ev Event
 	for !b.stop.Load() {
 		b.runLocal()

@@ -45,7 +45,7 @@ func (w *Worker) Beat(now time.Time) {
 		w.stats.recovered.Add(1)
 		w.log.Warn("worker recovered from missed heartbeats", zap.Uint32("missed", s.Missed.Load()))
 		prev, mine, next := w.counts(w.pid, w.cfg.Generation, false, false)
-		w.emit(Event{Kind: WorkerRecovered, ID: w.id, PID: w.pid, Generation: w.cfg.Generation, Prev: prev, Mine: mine, Next: next, NodeEpoch: w.epoch, Time: now})
+		w.emit(Event{Kind: WorkerRecovered, ID: w.id, PID: w.pid, Generation: w.cfg.Generation, Slot: w.slot, Prev: prev, Mine: mine, Next: next, NodeEpoch: w.epoch, Time: now})
 	}
 }
 
@@ -118,7 +118,7 @@ func (w *Worker) judgeLocked(i int, now time.Time) {
 		node.Crashes.Add(1)
 		w.stats.crashes.Add(1)
 		prev, mine, next := w.counts(pid, gen, false, false)
-		w.emit(Event{Kind: WorkerCrashed, ID: WorkerID(gen, pid), PID: pid, Generation: gen, Prev: prev, Mine: mine, Next: next, Reason: ReasonCrash, NodeEpoch: w.epoch, Time: now})
+		w.emit(Event{Kind: WorkerCrashed, ID: WorkerID(gen, pid), PID: pid, Generation: gen, Slot: i, Prev: prev, Mine: mine, Next: next, Reason: ReasonCrash, NodeEpoch: w.epoch, Time: now})
 	case st == zone.WorkerLive && now.UnixNano()-s.Heartbeat.Load() > int64(w.cfg.DeadAfter):
 		s.Missed.Add(1)
 		s.Reason.Store(uint32(ReasonHung))
@@ -126,7 +126,7 @@ func (w *Worker) judgeLocked(i int, now time.Time) {
 		node.MissedHeartbeats.Add(1)
 		w.stats.hung.Add(1)
 		prev, mine, next := w.counts(pid, gen, false, false)
-		w.emit(Event{Kind: WorkerCrashed, ID: WorkerID(gen, pid), PID: pid, Generation: gen, Prev: prev, Mine: mine, Next: next, Reason: ReasonHung, NodeEpoch: w.epoch, Time: now})
+		w.emit(Event{Kind: WorkerCrashed, ID: WorkerID(gen, pid), PID: pid, Generation: gen, Slot: i, Prev: prev, Mine: mine, Next: next, Reason: ReasonHung, NodeEpoch: w.epoch, Time: now})
 	}
 }
 
@@ -164,7 +164,7 @@ func (w *Worker) Leave(reason Reason) error {
 	}
 	node := w.z.Node()
 	s := w.z.Worker(w.slot)
-	ev := Event{Kind: WorkerExited, ID: w.id, PID: w.pid, Generation: w.cfg.Generation, Prev: prev, Mine: mine, Next: next, Reason: reason, Reload: reason == ReasonReload, NodeEpoch: w.epoch, Time: now}
+	ev := Event{Kind: WorkerExited, ID: w.id, PID: w.pid, Generation: w.cfg.Generation, Slot: w.slot, Prev: prev, Mine: mine, Next: next, Reason: reason, Reload: reason == ReasonReload, NodeEpoch: w.epoch, Time: now}
 	w.emit(ev)
 	if s.Nonce.Load() == w.nonce {
 		s.ExitedAt.Store(now.UnixNano())

@@ -115,9 +115,11 @@ type Event struct {
 	ID         string `json:"id"`
 	PID        int    `json:"pid"`
 	Generation int    `json:"generation"`
-	Prev       Count  `json:"n_prev"`
-	Mine       Count  `json:"n_mine"`
-	Next       Count  `json:"n_next"`
+	// Slot is the worker's index in the zone's worker table.
+	Slot int   `json:"slot"`
+	Prev Count `json:"n_prev"`
+	Mine Count `json:"n_mine"`
+	Next Count `json:"n_next"`
 	// Reason is set for WorkerExited and WorkerCrashed.
 	Reason Reason `json:"reason,omitzero"`
 	// Reload is set when a worker starts while an older worker of its process

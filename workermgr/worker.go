@@ -215,6 +215,7 @@ func (w *Worker) join() error {
 	s.Reason.Store(0)
 	s.Missed.Store(0)
 	s.Cursor.Store(z.Ring().Tail())
+	s.AlertCursor.Store(0) // no alerts receiver until one starts
 	w.epoch = node.Epoch.Load()
 	s.Epoch.Store(w.epoch)
 	s.State.Store(zone.WorkerLive)
@@ -229,9 +230,9 @@ func (w *Worker) join() error {
 		node.Reloads.Add(1)
 	}
 	if nodeStart {
-		w.emit(Event{Kind: NodeStarted, ID: w.id, PID: w.pid, Generation: w.cfg.Generation, Prev: prev, Mine: mine, Next: next, NodeEpoch: w.epoch, Time: now})
+		w.emit(Event{Kind: NodeStarted, ID: w.id, PID: w.pid, Generation: w.cfg.Generation, Slot: slot, Prev: prev, Mine: mine, Next: next, NodeEpoch: w.epoch, Time: now})
 	}
-	w.emit(Event{Kind: WorkerStarted, ID: w.id, PID: w.pid, Generation: w.cfg.Generation, Prev: prev, Mine: mine, Next: next, Reload: reload, NodeEpoch: w.epoch, Time: now})
+	w.emit(Event{Kind: WorkerStarted, ID: w.id, PID: w.pid, Generation: w.cfg.Generation, Slot: slot, Prev: prev, Mine: mine, Next: next, Reload: reload, NodeEpoch: w.epoch, Time: now})
 	return nil
 }
 

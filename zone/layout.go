@@ -5,7 +5,7 @@ import (
 	"unsafe"
 )
 
-// The zone file, layout version 2. All integers are little-endian
+// The zone file, layout version 3. All integers are little-endian
 // (the host's order: a zone is never shared across machines). Offsets are
 // from the start of the file. Every area starts on a 64-byte boundary so that
 // the atomic words are aligned and hot words do not share a cache line.
@@ -45,7 +45,7 @@ import (
 // byte of worker slot i is that worker's liveness lock.
 const (
 	// LayoutVersion is bumped whenever the meaning or position of any field changes.
-	LayoutVersion = 2
+	LayoutVersion = 3
 
 	headerSize     = 4096
 	workerSlotSize = 128
@@ -126,7 +126,10 @@ type Node struct {
 	Generation atomic.Uint64
 	// Gaps counts ring records abandoned by readers because their writer never committed.
 	Gaps atomic.Uint64
-	_    [40]byte
+	// AlertsDiscarded counts IPC alerts addressed to workers found crashed
+	// before they read them.
+	AlertsDiscarded atomic.Uint64
+	_               [32]byte
 }
 
 // Node states.
@@ -162,7 +165,10 @@ type WorkerSlot struct {
 	Missed atomic.Uint32
 	// Epoch is the node epoch the worker joined in.
 	Epoch atomic.Uint32
-	_     [64]byte
+	// AlertCursor is the ring sequence the worker's IPC reader reads next;
+	// senders hold back when it lags too far (backpressure).
+	AlertCursor atomic.Uint64
+	_           [56]byte
 }
 
 // Worker slot states.

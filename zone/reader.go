@@ -73,6 +73,7 @@ type Reader struct {
 	buf     []byte
 	waitMax time.Duration
 	spin    time.Duration
+	filter  func(kind uint32, aux uint64) bool
 	since   time.Time // when the current Waiting began
 	fence   atomic.Uint64
 	// interrupted is set by Interrupt, from any goroutine.
@@ -105,53 +106,77 @@ func (rd *Reader) Counts() (read, overrun, gaps uint64) { return rd.read, rd.ove
 // TryRead reads the next record without sleeping.
 func (rd *Reader) TryRead() (Record, Status) {
 	r := rd.r
-	seq := rd.next
-	tail := r.hdr.tail.Load()
-	if seq >= tail {
-		if seq > tail {
-			// A cursor from the future (a zone recreated under a reader)
-			// restarts at the tail.
-			rd.next = tail
+	for {
+		seq := rd.next
+		tail := r.hdr.tail.Load()
+		if seq >= tail {
+			if seq > tail {
+				// A cursor from the future (a zone recreated under a reader)
+				// restarts at the tail.
+				rd.next = tail
+			}
+			return Record{Seq: rd.next}, Empty
 		}
-		return Record{Seq: rd.next}, Empty
-	}
-	if tail-seq > r.slots {
-		return rd.skipTo(tail - r.slots)
-	}
-	s := r.slot(seq)
-	w := s.state.Load()
-	switch {
-	case stateSeq(w) > seq+1:
-		return rd.skipTo(max(seq+1, tail-min(tail, r.slots)))
-	case stateSeq(w) == seq+1 && stateSt(w) == stCommitted:
-		rec, ok := rd.copyOut(seq, s, w)
-		if !ok {
-			return rd.skipTo(seq + 1)
+		if tail-seq > r.slots {
+			return rd.skipTo(tail - r.slots)
 		}
-		rd.next = seq + 1
-		rd.since = time.Time{}
-		rd.read++
-		return rec, Got
-	case stateSeq(w) == seq+1 && stateSt(w) == stAbandoned:
-		rd.next = seq + 1
-		rd.since = time.Time{}
-		rd.gaps++
-		return Record{Seq: seq, Lost: 1}, Gap
+		s := r.slot(seq)
+		w := s.state.Load()
+		switch {
+		case stateSeq(w) > seq+1:
+			return rd.skipTo(max(seq+1, tail-min(tail, r.slots)))
+		case stateSeq(w) == seq+1 && stateSt(w) == stCommitted:
+			if rd.filter != nil {
+				kind, aux := s.kind, s.aux
+				rd.fence.Add(0)
+				if s.state.Load() != w {
+					return rd.skipTo(seq + 1)
+				}
+				if !rd.filter(kind, aux) {
+					rd.next = seq + 1
+					rd.since = time.Time{}
+					continue
+				}
+			}
+			rec, ok := rd.copyOut(seq, s, w)
+			if !ok {
+				return rd.skipTo(seq + 1)
+			}
+			rd.next = seq + 1
+			rd.since = time.Time{}
+			rd.read++
+			return rec, Got
+		case stateSeq(w) == seq+1 && stateSt(w) == stAbandoned:
+			rd.next = seq + 1
+			rd.since = time.Time{}
+			rd.gaps++
+			return Record{Seq: seq, Lost: 1}, Gap
+		}
+		// Reserved, not committed yet (or not even claimed).
+		now := time.Now()
+		if rd.since.IsZero() {
+			rd.since = now
+			return Record{Seq: seq}, Waiting
+		}
+		if now.Sub(rd.since) < rd.waitMax {
+			return Record{Seq: seq}, Waiting
+		}
+		if s.state.CompareAndSwap(w, stateWord(seq, stAbandoned)) {
+			r.node.Gaps.Add(1)
+		}
 	}
-	// Reserved, not committed yet (or not even claimed).
-	now := time.Now()
-	if rd.since.IsZero() {
-		rd.since = now
-		return Record{Seq: seq}, Waiting
-	}
-	if now.Sub(rd.since) < rd.waitMax {
-		return Record{Seq: seq}, Waiting
-	}
-	if s.state.CompareAndSwap(w, stateWord(seq, stAbandoned)) {
-		r.node.Gaps.Add(1)
-	}
-	return rd.TryRead()
 }
+
+// Seek moves the reader's cursor to seq.
+func (rd *Reader) Seek(seq uint64) {
+	rd.next = seq
+	rd.since = time.Time{}
+}
+
+// SetFilter makes the reader skip, without copying them, the committed
+// records for which keep(kind, aux) is false. Losses are still reported
+// for every record, kept or not.
+func (rd *Reader) SetFilter(keep func(kind uint32, aux uint64) bool) { rd.filter = keep }
 
 func (rd *Reader) skipTo(to uint64) (Record, Status) {
 	from := rd.next

@@ -78,6 +78,9 @@ func (r *Ring) DataSize() uint64 { return r.dataSize }
 // MaxRecord is the largest payload the ring takes.
 func (r *Ring) MaxRecord() int { return int(r.maxRecord) }
 
+// DataTail is the next data byte position to be handed out.
+func (r *Ring) DataTail() uint64 { return r.hdr.dataTail.Load() }
+
 // Tail is the next sequence number to be handed out.
 func (r *Ring) Tail() uint64 { return r.hdr.tail.Load() }
 
@@ -198,4 +201,46 @@ func (r *Ring) commit(seq uint64, s *indexSlot) error {
 	}
 	r.bell.Ring()
 	return nil
+}
+
+// Lag reports how far a reader whose next record is cursor is behind the
+// writers: in records, and in data bytes (from the position of the record
+// at cursor, while the ring still holds it; else the whole data area).
+func (r *Ring) Lag(cursor uint64) (records, bytes uint64) {
+	tail := r.hdr.tail.Load()
+	if cursor >= tail {
+		return 0, 0
+	}
+	records = tail - cursor
+	if records > r.slots {
+		return records, r.dataSize
+	}
+	s := r.slot(cursor)
+	w := s.state.Load()
+	dpos := s.dpos
+	if stateSeq(w) != cursor+1 || s.state.Load() != w {
+		return records, r.dataSize
+	}
+	if dt := r.hdr.dataTail.Load(); dt > dpos {
+		bytes = min(dt-dpos, r.dataSize)
+	}
+	return records, bytes
+}
+
+// CountFor counts the committed records from seq from to the tail, among
+// those the ring still holds, for which match(kind, aux) is true.
+func (r *Ring) CountFor(from uint64, match func(kind uint32, aux uint64) bool) uint64 {
+	tail := r.hdr.tail.Load()
+	if tail > r.slots && from < tail-r.slots {
+		from = tail - r.slots
+	}
+	n := uint64(0)
+	for seq := from; seq < tail; seq++ {
+		s := r.slot(seq)
+		w := s.state.Load()
+		if stateSeq(w) == seq+1 && stateSt(w) == stCommitted && match(s.kind, s.aux) && s.state.Load() == w {
+			n++
+		}
+	}
+	return n
 }

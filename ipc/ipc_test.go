@@ -1,0 +1,214 @@
+package ipc
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipcbus/caddy-ipcbus/internal/goid"
+	"github.com/ipcbus/caddy-ipcbus/workermgr"
+	"github.com/ipcbus/caddy-ipcbus/zone"
+)
+
+func openZone(t testing.TB, size int64) *zone.Zone {
+	t.Helper()
+	z, err := zone.Open(zone.Options{Name: "ipc", Dir: t.TempDir(), Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z.Close() })
+	return z
+}
+
+// endpoint joins a worker of this process and starts its IPC.
+func endpoint(t testing.TB, z *zone.Zone, gen int, mod ...func(*Options)) (*IPC, *workermgr.Worker) {
+	t.Helper()
+	w, err := workermgr.Join(z, workermgr.Config{Generation: gen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Zone: z, PID: os.Getpid(), Generation: gen}
+	for _, m := range mod {
+		m(&o)
+	}
+	c, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetWorkerSlot(w.Slot())
+	t.Cleanup(func() { c.Close(); w.Leave(workermgr.ReasonShutdown) })
+	return c, w
+}
+
+func TestLimits(t *testing.T) {
+	z := openZone(t, zone.MinSize)
+	c, _ := endpoint(t, z, 1)
+	c.Start()
+	// 4 GiB of address space that is never touched, for the data limit.
+	huge, err := unix.Mmap(-1, 0, MaxDataLen+1, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANON|unix.MAP_NORESERVE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(huge)
+	for _, tc := range []struct {
+		pid  int
+		name string
+		data []byte
+		want string
+	}{
+		{os.Getpid(), strings.Repeat("n", 255), nil, "alert name length cannot exceed 254, was 255"},
+		{os.Getpid(), "", nil, "alert name cannot be empty"},
+		{os.Getpid(), "x", huge, "alert data length cannot exceed 4294967040, was 4294967041"},
+		{999999999, "x", nil, "No worker process with PID 999999999"},
+		{-1, "x", nil, "No worker process with PID -1"},
+	} {
+		err := c.Send(tc.pid, tc.name, tc.data)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Send(%d, %.10q): %v, want %q", tc.pid, tc.name, err, tc.want)
+		}
+	}
+	var nw NoWorkerError
+	if err := c.Send(999999999, "x", nil); !errors.As(err, &nw) || nw.PID != 999999999 {
+		t.Fatalf("not a NoWorkerError: %v", err)
+	}
+	if err := c.Broadcast(strings.Repeat("n", 254), nil); err != nil {
+		t.Fatalf("a 254-byte name: %v", err)
+	}
+}
+
+// TestSelfDeliveryAsync: an alert to oneself is handled later, on the
+// delivery goroutine, not inside Send; Reply and Sender work only there.
+func TestSelfDeliveryAsync(t *testing.T) {
+	z := openZone(t, zone.MinSize)
+	c, _ := endpoint(t, z, 1)
+	caller := goid.Get()
+	got := make(chan string, 2)
+	c.Receive("ping", func(a *Alert) {
+		if goid.Get() == caller {
+			got <- "ran inside Send"
+			return
+		}
+		pid, ok := c.Sender()
+		if !ok || pid != os.Getpid() || a.Sender != os.Getpid() {
+			got <- fmt.Sprintf("sender %d %v", pid, ok)
+			return
+		}
+		if err := c.Reply("pong", append([]byte("re:"), a.Data...)); err != nil {
+			got <- err.Error()
+		}
+	})
+	c.Receive("pong", func(a *Alert) { got <- string(a.Data) })
+	c.Start()
+	if err := c.Send(os.Getpid(), "ping", []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "re:hi" {
+		t.Fatal(s)
+	}
+	if err := c.Reply("x", nil); !errors.Is(err, ErrNotInHandler) {
+		t.Fatalf("Reply outside a handler: %v", err)
+	}
+	if _, ok := c.Sender(); ok {
+		t.Fatal("Sender outside a handler")
+	}
+}
+
+func TestReceiveReplaceRemoveDefault(t *testing.T) {
+	z := openZone(t, zone.MinSize)
+	c, _ := endpoint(t, z, 1)
+	var mu sync.Mutex
+	var log []string
+	add := func(s string) { mu.Lock(); log = append(log, s); mu.Unlock() }
+	c.Receive("a", func(*Alert) { add("first") })
+	c.Receive("a", func(*Alert) { add("second") })
+	c.Receive("b", func(*Alert) { add("b") })
+	c.Receive("b", nil)
+	c.Start()
+	me := os.Getpid()
+	c.Send(me, "a", nil)
+	c.Send(me, "b", nil)
+	for deadline := time.Now().Add(10 * time.Second); c.Stats().Received < 2 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	c.SetDefaultHandler(func(a *Alert) { add("default:" + a.Name) })
+	c.Send(me, "c", nil)
+	c.Send(me, "end", nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().Received < 4 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(log, " "); got != "second default:c default:end" {
+		t.Fatalf("handled %q", got)
+	}
+	if c.Stats().Unhandled != 1 {
+		t.Fatalf("unhandled %d", c.Stats().Unhandled)
+	}
+}
+
+// TestReloadHandOff: a second worker of the process starts while alerts
+// stream in; every alert is handled exactly once, in order, by one of them.
+func TestReloadHandOff(t *testing.T) {
+	z := openZone(t, 8<<20)
+	var mu sync.Mutex
+	var handled []int
+	var by [2]int
+	record := func(i int) Handler {
+		return func(a *Alert) {
+			var n int
+			fmt.Sscan(string(a.Data), &n)
+			mu.Lock()
+			handled = append(handled, n)
+			by[i]++
+			mu.Unlock()
+		}
+	}
+	old, _ := endpoint(t, z, 1)
+	old.Receive("n", record(0))
+	old.Start()
+	const total = 20000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < total; i++ {
+			if err := old.Send(os.Getpid(), "n", []byte(fmt.Sprint(i))); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	time.Sleep(2 * time.Millisecond)
+	nw, _ := endpoint(t, z, 2)
+	nw.Receive("n", record(1))
+	nw.Start()
+	<-done
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		n := len(handled)
+		mu.Unlock()
+		if n >= total || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	old.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) != total {
+		t.Fatalf("handled %d alerts, want %d", len(handled), total)
+	}
+	for i, n := range handled {
+		if n != i {
+			t.Fatalf("alert %d handled at position %d", n, i)
+		}
+	}
+	t.Logf("old worker handled %d, new %d", by[0], by[1])
+}

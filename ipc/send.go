@@ -1,0 +1,185 @@
+package ipc
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/ipcbus/caddy-ipcbus/internal/goid"
+	"github.com/ipcbus/caddy-ipcbus/zone"
+)
+
+const flagBlob = 1
+
+// alert record payload: u8 flags, u8 name length N (1..254), N name bytes,
+// then the data, or with flagBlob the blob file's name.
+
+func validate(name string, data []byte) error {
+	if name == "" {
+		return fmt.Errorf("%w: alert name cannot be empty", ErrInvalid)
+	}
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("%w: alert name length cannot exceed %d, was %d", ErrInvalid, MaxNameLen, len(name))
+	}
+	if int64(len(data)) > MaxDataLen {
+		return fmt.Errorf("%w: alert data length cannot exceed %d, was %d", ErrTooLarge, int64(MaxDataLen), len(data))
+	}
+	return nil
+}
+
+// Send sends an alert to the process pid (this one included), to be handled
+// by its newest worker. It returns once the alert is in the ring; the
+// handler runs later, on the receiver's delivery goroutine, even for an
+// alert to oneself (ngx_lua_ipc runs those inside send).
+func (c *IPC) Send(pid int, name string, data []byte) error {
+	if err := c.send(pid, name, data); err != nil {
+		c.st.errors.Add(1)
+		return err
+	}
+	c.st.sent.Add(1)
+	c.st.bytesSent.Add(uint64(len(data)))
+	return nil
+}
+
+// Broadcast sends an alert to every process of the node, this one included.
+func (c *IPC) Broadcast(name string, data []byte) error {
+	if err := c.send(0, name, data); err != nil {
+		c.st.errors.Add(1)
+		return err
+	}
+	c.st.broadcasts.Add(1)
+	c.st.bytesSent.Add(uint64(len(data)))
+	return nil
+}
+
+func (c *IPC) send(pid int, name string, data []byte) error {
+	if err := validate(name, data); err != nil {
+		return err
+	}
+	if pid < 0 {
+		return NoWorkerError{PID: pid}
+	}
+	if err := c.admit(pid); err != nil {
+		return err
+	}
+	var head [2 + MaxNameLen]byte
+	head[1] = byte(len(name))
+	n := 2 + copy(head[2:], name)
+	payload := data
+	if len(data) > c.o.InlineLimit {
+		blob, err := c.z.PutBlob(data)
+		if err != nil {
+			return err
+		}
+		head[0] = flagBlob
+		payload = []byte(blob)
+	}
+	meta := zone.Meta{Kind: RecordKind, PID: uint32(c.o.PID), Gen: uint32(c.o.Generation), Aux: uint64(pid)}
+	for attempt := 0; ; attempt++ {
+		_, err := c.ring.Write(meta, head[:n], payload)
+		if err == zone.ErrAbandoned && attempt < 3 {
+			continue
+		}
+		return err
+	}
+}
+
+// admit checks that pid (0: every process) has a live worker and that its
+// receivers are not too far behind, waiting for them under the Block
+// policy. A check holds for 50ms and while the ring stays under the bound
+// it computed, so a busy sender pays two atomic loads and a map lookup.
+func (c *IPC) admit(pid int) error {
+	r := c.ring
+	now := time.Now()
+	c.bmu.Lock()
+	b, ok := c.bounds[pid]
+	c.bmu.Unlock()
+	if ok && now.Sub(b.at) < 50*time.Millisecond && r.Tail() < b.tail && r.DataTail() < b.data {
+		return nil
+	}
+	deadline := time.Time{}
+	for {
+		found, slowest, lagRec, lagBytes := c.scan(pid)
+		if pid != 0 && !found {
+			return NoWorkerError{PID: pid}
+		}
+		if lagRec <= c.o.MaxLag && lagBytes <= r.DataSize()/2 {
+			c.bmu.Lock()
+			if len(c.bounds) > 1024 {
+				clear(c.bounds)
+			}
+			c.bounds[pid] = bound{tail: r.Tail() + (c.o.MaxLag - lagRec), data: r.DataTail() + (r.DataSize()/2 - lagBytes), at: now}
+			c.bmu.Unlock()
+			return nil
+		}
+		if c.o.Overflow == Drop {
+			c.st.dropped.Add(1)
+			return fmt.Errorf("%w: process %d is %d alerts behind (limit %d); alert dropped", ErrReceiverSlow, slowest, lagRec, c.o.MaxLag)
+		}
+		if deadline.IsZero() {
+			deadline = now.Add(c.o.SendTimeout)
+			c.st.waits.Add(1)
+		} else if time.Now().After(deadline) {
+			return fmt.Errorf("%w: process %d stayed %d alerts behind (limit %d) for %v", ErrReceiverSlow, slowest, lagRec, c.o.MaxLag, c.o.SendTimeout)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+type bound struct {
+	tail, data uint64
+	at         time.Time
+}
+
+// scan looks at the worker table: whether pid has a live worker, and the
+// largest lag among the alert receivers concerned (those of pid, or all for
+// a broadcast).
+func (c *IPC) scan(pid int) (found bool, slowest int, lagRec, lagBytes uint64) {
+	for i := 0; i < c.z.Workers(); i++ {
+		s := c.z.Worker(i)
+		if st := s.State.Load(); st != zone.WorkerLive && st != zone.WorkerHung {
+			continue
+		}
+		p := int(s.PID.Load())
+		if pid != 0 && p != pid {
+			continue
+		}
+		found = true
+		cur := s.AlertCursor.Load()
+		if cur == 0 {
+			continue // a worker without an alerts receiver
+		}
+		rec, bytes := c.ring.Lag(cur - 1)
+		if rec > lagRec || bytes > lagBytes {
+			slowest = p
+		}
+		lagRec, lagBytes = max(lagRec, rec), max(lagBytes, bytes)
+	}
+	return found, slowest, lagRec, lagBytes
+}
+
+// Reply sends an alert to the sender of the alert being handled. It is
+// only valid inside a handler, on the delivery goroutine.
+func (c *IPC) Reply(name string, data []byte) error {
+	a := c.handling()
+	if a == nil {
+		return ErrNotInHandler
+	}
+	return c.Send(a.Sender, name, data)
+}
+
+// Sender is the pid of the sender of the alert being handled; ok is false
+// outside a handler.
+func (c *IPC) Sender() (pid int, ok bool) {
+	if a := c.handling(); a != nil {
+		return a.Sender, true
+	}
+	return 0, false
+}
+
+func (c *IPC) handling() *Alert {
+	a := c.current.Load()
+	if a == nil || c.loopGID.Load() != goid.Get() {
+		return nil
+	}
+	return a
+}
