@@ -81,8 +81,8 @@ func writeTable(out io.Writer, rep WorkersReport, now time.Time) error {
 	}
 	fmt.Fprintf(out, "zone %s  %s  %s\n", rep.Zone.Name, rep.Zone.Path, humanize.IBytes(uint64(rep.Zone.Size)))
 	fmt.Fprintf(out, "node %s, %s (start #%d)\n", n.State, since, n.Epoch)
-	fmt.Fprintf(out, "node starts %d  worker starts %d  reloads %d  exits %d  crashes %d  missed heartbeats %d  ring gaps %d\n\n",
-		n.Starts, n.WorkerStarts, n.Reloads, n.Exits, n.Crashes, n.MissedHeartbeats, n.RingGaps)
+	fmt.Fprintf(out, "node starts %d  worker starts %d  reloads %d  exits %d  crashes %d  missed heartbeats %d  ring gaps %d  alerts discarded %d\n\n",
+		n.Starts, n.WorkerStarts, n.Reloads, n.Exits, n.Crashes, n.MissedHeartbeats, n.RingGaps, n.AlertsDiscarded)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tPID\tGEN\tSTATE\tREASON\tSTARTED\tHEARTBEAT\tLAG")
 	for _, w := range rep.Workers {

@@ -1,15 +1,21 @@
-// Command bench measures the events bus across real processes, with the
-// method and JSON fields of the peers' figures in ../shared/reference/peers.md.
+// Command bench measures the events bus and the IPC alerts across real
+// processes, with the method and JSON fields of the peers' figures in
+// ../shared/reference/peers.md.
 //
 //	go run ./bench events [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false]
+//	go run ./bench alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false]
+//	go run ./bench pingpong -n N -size BYTES -k PONGS
 //
 // It starts N worker processes on a fresh zone (plain Go processes using the
 // packages; no Caddy). Worker 0 posts K events of SIZE bytes (a burst, or
 // GAP apart), every worker (the poster included) handles them, and each
 // handler takes the latency from a CLOCK_MONOTONIC microsecond timestamp in
 // the payload's first 10 bytes. Without -k it runs the standard matrix:
-// N = 2 and 5; bursts of 20,000 × 10 B and 5,000 × 10 KB; paced runs of
-// 1,000 events 5 ms apart.
+// N = 2 and 5 (and 20 for alerts); bursts of 20,000 × 10 B and 5,000 × 10 KB;
+// paced runs of 1,000 events 5 ms apart. "alerts" does the same with
+// ipc.Broadcast. "pingpong" is ngx_lua_ipc's own benchmark: worker 0
+// broadcasts a ping, every other worker replies with a pong to the sender,
+// and each pong is answered with a new ping to its sender, until K pongs.
 package main
 
 import (
@@ -29,11 +35,19 @@ func main() {
 	if os.Getenv("BENCH_WORKER") != "" {
 		os.Exit(worker())
 	}
-	if len(os.Args) < 2 || os.Args[1] != "events" {
-		fmt.Fprintln(os.Stderr, "usage: bench events [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false] [-zone-size BYTES]")
+	mode := ""
+	if len(os.Args) >= 2 {
+		mode = os.Args[1]
+	}
+	switch mode {
+	case "events", "alerts":
+	case "pingpong":
+		os.Exit(pingpongMain(os.Args[2:]))
+	default:
+		fmt.Fprintln(os.Stderr, "usage: bench events|alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false] [-zone-size BYTES] [-spin D]\n       bench pingpong -n N -size BYTES -k PONGS")
 		os.Exit(2)
 	}
-	fs := flag.NewFlagSet("events", flag.ExitOnError)
+	fs := flag.NewFlagSet(mode, flag.ExitOnError)
 	n := fs.Int("n", 0, "worker processes")
 	size := fs.Int("size", 10, "payload bytes (at least 10)")
 	k := fs.Int("k", 0, "events to post; 0 runs the standard matrix")
@@ -49,7 +63,11 @@ func main() {
 		}
 		runs = []run{{N: *n, Size: *size, K: *k, Gap: *gap}}
 	} else {
-		for _, nn := range []int{2, 5} {
+		ns := []int{2, 5}
+		if mode == "alerts" {
+			ns = append(ns, 20)
+		}
+		for _, nn := range ns {
 			if *n != 0 && nn != *n {
 				continue
 			}
@@ -65,12 +83,12 @@ func main() {
 		if r.Size < 10 {
 			r.Size = 10
 		}
-		rep, err := r.do(*zoneSize, *spin)
+		rep, err := r.do(mode, *zoneSize, *spin)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
-		l := line{Lib: "ipcbus-events", N: r.N, Size: r.Size, K: r.K, Gap: r.Gap.Seconds(), Report: rep}
+		l := line{Lib: "ipcbus-" + mode, N: r.N, Size: r.Size, K: r.K, Gap: r.Gap.Seconds(), Report: rep}
 		if *spin > 0 {
 			l.Spin = spin.String()
 		}
@@ -127,7 +145,7 @@ type result struct {
 	Err       string  `json:"err,omitempty"`
 }
 
-func (r run) do(zoneSize int64, spin time.Duration) (report, error) {
+func (r run) do(mode string, zoneSize int64, spin time.Duration) (report, error) {
 	dir, err := os.MkdirTemp(defaultDir(), "ipcbus-bench-")
 	if err != nil {
 		return report{}, err
@@ -151,7 +169,7 @@ func (r run) do(zoneSize int64, spin time.Duration) (report, error) {
 	}()
 	for i := 0; i < r.N; i++ {
 		cmd := exec.Command(self)
-		cmd.Env = append(os.Environ(), "BENCH_WORKER=1", "BENCH_DIR="+dir, fmt.Sprintf("BENCH_ZONE_SIZE=%d", zoneSize),
+		cmd.Env = append(os.Environ(), "BENCH_WORKER="+mode, "BENCH_DIR="+dir, fmt.Sprintf("BENCH_ZONE_SIZE=%d", zoneSize),
 			fmt.Sprintf("BENCH_POSTER=%v", i == 0), fmt.Sprintf("BENCH_K=%d", r.K), fmt.Sprintf("BENCH_SIZE=%d", r.Size), fmt.Sprintf("BENCH_GAP=%d", r.Gap), fmt.Sprintf("BENCH_SPIN=%d", spin))
 		cmd.Stderr = os.Stderr
 		out, _ := cmd.StdoutPipe()

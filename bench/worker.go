@@ -12,6 +12,8 @@ import (
 	_ "unsafe" // go:linkname
 
 	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/ipc"
+	"github.com/ipcbus/caddy-ipcbus/workermgr"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
@@ -60,31 +62,70 @@ func worker() int {
 		return 2
 	}
 	defer z.Close()
+	if os.Getenv("BENCH_WORKER") == "pingpong" {
+		return pingpongWorker(z)
+	}
 	k, psize, gap := int(envInt("BENCH_K")), int(envInt("BENCH_SIZE")), time.Duration(envInt("BENCH_GAP"))
 	poster := os.Getenv("BENCH_POSTER") == "true"
-	b, err := events.New(events.Options{Zone: z, PID: os.Getpid(), Generation: 1, InlineLimit: 64 << 10, Spin: time.Duration(envInt("BENCH_SPIN"))})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
+	spin := time.Duration(envInt("BENCH_SPIN"))
 	res := result{Poster: poster, LatUs: make([]int32, 0, k)}
 	var received atomic.Int64
 	var lastRecv atomic.Int64
 	done := make(chan struct{})
-	b.Register(func(e *events.Event) {
+	got := func(data []byte) {
 		now := monoNs()
+		if len(data) < 10 {
+			return
+		}
+		res.LatUs = append(res.LatUs, int32((now/1000)%1e10-unstamp(data)))
+		lastRecv.Store(now)
+		if received.Add(1) == int64(k) {
+			close(done)
+		}
+	}
+	var post func(p []byte) error
+	var barrier, closeAll func()
+	if os.Getenv("BENCH_WORKER") == "alerts" {
+		w, err := workermgr.Join(z, workermgr.Config{Generation: 1})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		c, err := ipc.New(ipc.Options{Zone: z, PID: os.Getpid(), Generation: 1, Spin: spin})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		c.SetWorkerSlot(w.Slot())
+		c.Receive("pb", func(a *ipc.Alert) { got(a.Data) })
+		if err := c.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		post = func(p []byte) error { return c.Broadcast("pb", p) }
+		barrier = func() {
+			for prev := int64(-1); received.Load() != prev; {
+				prev = received.Load()
+				time.Sleep(10 * time.Millisecond)
+			}
+			res.Lost = c.Stats().Lost
+		}
+		closeAll = func() { c.Close(); w.Leave(workermgr.ReasonShutdown) }
+		fmt.Println("ready")
+		return drive(&res, poster, k, psize, gap, post, barrier, closeAll, done, &received, &lastRecv)
+	}
+	b, err := events.New(events.Options{Zone: z, PID: os.Getpid(), Generation: 1, InlineLimit: 64 << 10, Spin: spin})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	b.Register(func(e *events.Event) {
 		if e.Name == events.EventLost {
 			res.Lost += e.Value.(events.Loss).Count
 			return
 		}
-		if e.Source != "pb" || len(e.Data) < 10 {
-			return
-		}
-		lat := (now/1000)%1e10 - unstamp(e.Data)
-		res.LatUs = append(res.LatUs, int32(lat))
-		lastRecv.Store(now)
-		if received.Add(1) == int64(k) {
-			close(done)
+		if e.Source == "pb" {
+			got(e.Data)
 		}
 	}, "")
 	if err := b.Start(); err != nil {
@@ -93,6 +134,15 @@ func worker() int {
 	}
 	b.Poll()
 	fmt.Println("ready")
+	post = func(p []byte) error { _, err := b.Post("pb", "e", p); return err }
+	barrier = func() { b.Poll() }
+	closeAll = func() { b.Close(time.Second) }
+	return drive(&res, poster, k, psize, gap, post, barrier, closeAll, done, &received, &lastRecv)
+}
+
+// drive waits for "go", posts K payloads if this is the poster, waits for
+// the receipts, and prints the result.
+func drive(res *result, poster bool, k, psize int, gap time.Duration, post func([]byte) error, barrier, closeAll func(), done chan struct{}, received, lastRecv *atomic.Int64) int {
 	bufio.NewReader(os.Stdin).ReadString('\n')
 	if poster {
 		p := make([]byte, psize)
@@ -102,7 +152,7 @@ func worker() int {
 		res.FirstPost = monoNs()
 		for i := 0; i < k; i++ {
 			stamp(p, monoNs()/1000)
-			if _, err := b.Post("pb", "e", p); err != nil {
+			if err := post(p); err != nil {
 				res.Err = err.Error()
 				break
 			}
@@ -124,10 +174,10 @@ func worker() int {
 		}
 		break
 	}
-	b.Poll()
+	barrier()
 	res.Received = int(received.Load())
 	res.LastRecv = lastRecv.Load()
-	b.Close(time.Second)
+	closeAll()
 	out := bufio.NewWriterSize(os.Stdout, 1<<20)
 	json.NewEncoder(out).Encode(res)
 	out.Flush()

@@ -19,6 +19,7 @@ type NodeInfo struct {
 	Crashes          uint64    `json:"crashes"`
 	MissedHeartbeats uint64    `json:"missed_heartbeats"`
 	RingGaps         uint64    `json:"ring_gaps"`
+	AlertsDiscarded  uint64    `json:"alerts_discarded"`
 }
 
 // WorkerInfo is one entry of the worker table, as read now.
@@ -37,7 +38,7 @@ type WorkerInfo struct {
 	Reason   string    `json:"reason,omitempty"`
 	ExitedAt time.Time `json:"exited_at,omitzero"`
 	Missed   uint32    `json:"missed_heartbeats"`
-	// Lag is how many ring records the worker has yet to read.
+	// Lag is how many ring records the live worker has yet to read.
 	Lag uint64 `json:"lag"`
 }
 
@@ -64,7 +65,7 @@ func Snapshot(z *zone.Zone) (NodeInfo, []WorkerInfo) {
 		StartedAt: unixTime(n.StartedAt.Load()), StoppedAt: unixTime(n.StoppedAt.Load()),
 		Starts: n.Starts.Load(), WorkerStarts: n.WorkerStarts.Load(), Reloads: n.Reloads.Load(),
 		Exits: n.Exits.Load(), Crashes: n.Crashes.Load(), MissedHeartbeats: n.MissedHeartbeats.Load(),
-		RingGaps: n.Gaps.Load(),
+		RingGaps: n.Gaps.Load(), AlertsDiscarded: n.AlertsDiscarded.Load(),
 	}
 	if ni.State == "" {
 		ni.State = "unknown"
@@ -90,10 +91,10 @@ func Snapshot(z *zone.Zone) (NodeInfo, []WorkerInfo) {
 		if wi.State == "" {
 			wi.State = "unknown"
 		}
-		if c := s.Cursor.Load(); c < tail {
-			wi.Lag = tail - c
-		}
 		if st == zone.WorkerLive || st == zone.WorkerHung {
+			if c := s.Cursor.Load(); c < tail {
+				wi.Lag = tail - c
+			}
 			if alive, err := z.WorkerAlive(i); err == nil && !alive {
 				wi.State = "dead"
 			}

@@ -91,6 +91,9 @@ var kindNames = map[Kind]string{
 	WorkerCrashed: "worker_crashed", WorkerRecovered: "worker_recovered", NodeStopped: "node_stopped",
 }
 
+// MarshalText is the kind's name.
+func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
 func (k Kind) String() string {
 	if s, ok := kindNames[k]; ok {
 		return s
