@@ -7,26 +7,9 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/ipcbus/caddy-ipcbus/handlers"
 	"github.com/ipcbus/caddy-ipcbus/ipc"
 )
-
-// AlertStatusOf maps an alert error to its HTTP status: 404 for a pid that
-// is not a live worker, 413 for data over the limit, 400 for other bad
-// input, 503 for a receiver that does not keep up.
-func AlertStatusOf(err error) int {
-	var nw ipc.NoWorkerError
-	switch {
-	case errors.As(err, &nw):
-		return http.StatusNotFound
-	case errors.Is(err, ipc.ErrTooLarge):
-		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, ipc.ErrInvalid):
-		return http.StatusBadRequest
-	case errors.Is(err, ipc.ErrReceiverSlow), errors.Is(err, ipc.ErrClosed):
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
-}
 
 // handleSend serves POST /ipcbus/send?pid=P&name=N and
 // POST /ipcbus/broadcast?name=N; the body is the alert's data.
@@ -67,7 +50,7 @@ func handleSend(w http.ResponseWriter, r *http.Request) error {
 		err = c.Send(pid, name, body)
 	}
 	if err != nil {
-		return apiErr(AlertStatusOf(err), err)
+		return apiErr(handlers.AlertStatus(err), err)
 	}
 	return writeJSON(w, map[string]bool{"ok": true})
 }

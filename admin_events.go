@@ -7,11 +7,11 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/handlers"
 )
 
 // PostRequest is the body of POST /ipcbus/events.
@@ -23,61 +23,6 @@ type PostRequest struct {
 	Data json.RawMessage `json:"data,omitempty"`
 	// Unique makes the event run-once (see unique_timeout).
 	Unique string `json:"unique,omitempty"`
-}
-
-// EventJSON is one event in API answers. Data is embedded as JSON when the
-// event was posted as JSON, else as a string.
-type EventJSON struct {
-	Seq        uint64          `json:"seq"`
-	Source     string          `json:"source"`
-	Event      string          `json:"event"`
-	Data       json.RawMessage `json:"data"`
-	PID        int             `json:"pid"`
-	Generation int             `json:"generation"`
-	Time       time.Time       `json:"time"`
-	Unique     string          `json:"unique,omitempty"`
-}
-
-// NewEventJSON converts an event for an API answer.
-func NewEventJSON(e *events.Event) EventJSON {
-	return EventJSON{Seq: e.Seq, Source: e.Source, Event: e.Name, Data: DataJSON(e), PID: e.PID, Generation: e.Generation, Time: e.Time, Unique: e.Unique}
-}
-
-// DataJSON is an event's payload as a JSON value: itself when it was posted
-// as JSON, else a JSON string of its bytes.
-func DataJSON(e *events.Event) json.RawMessage {
-	if e.JSON && json.Valid(e.Data) {
-		return e.Data
-	}
-	if len(e.Data) == 0 && e.JSON {
-		return json.RawMessage("null")
-	}
-	s, _ := json.Marshal(string(e.Data))
-	return s
-}
-
-// EventsPage is the answer of GET /ipcbus/events.
-type EventsPage struct {
-	Events []EventJSON `json:"events"`
-	// Next is the sequence to ask for next (the since of the next call).
-	Next uint64 `json:"next"`
-	// Lost counts events after since that the ring no longer holds.
-	Lost uint64 `json:"lost"`
-}
-
-// StatusOf maps a bus error to its HTTP status.
-func StatusOf(err error) int {
-	switch {
-	case errors.Is(err, events.ErrDuplicate):
-		return http.StatusConflict
-	case errors.Is(err, events.ErrTooLarge):
-		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, events.ErrInvalid):
-		return http.StatusBadRequest
-	case errors.Is(err, events.ErrClosed):
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
 }
 
 func apiErr(status int, err error) error { return caddy.APIError{HTTPStatus: status, Err: err} }
@@ -139,7 +84,7 @@ func postEvent(w http.ResponseWriter, r *http.Request) error {
 	}
 	seq, err := bus.Post(req.Source, req.Event, data, opts...)
 	if err != nil {
-		return apiErr(StatusOf(err), err)
+		return apiErr(handlers.EventStatus(err), err)
 	}
 	return writeJSON(w, map[string]uint64{"seq": seq})
 }
@@ -162,9 +107,9 @@ func getEvents(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	evs, next, lost := bus.Range(since, limit)
-	page := EventsPage{Events: make([]EventJSON, 0, len(evs)), Next: next, Lost: lost}
+	page := handlers.EventsPage{Events: make([]handlers.EventJSON, 0, len(evs)), Next: next, Lost: lost}
 	for i := range evs {
-		page.Events = append(page.Events, NewEventJSON(&evs[i]))
+		page.Events = append(page.Events, handlers.NewEventJSON(&evs[i]))
 	}
 	return writeJSON(w, page)
 }

@@ -122,6 +122,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.DeadAfter == 0 {
 		a.DeadAfter = caddy.Duration(workermgr.DefaultDeadAfter)
 	}
+	if a.MaxPayload == 0 {
+		a.MaxPayload = events.DefaultMaxPayload
+	}
 	a.mode = 0o600
 	if a.Mode != "" {
 		m, err := parseMode(a.Mode)
@@ -341,6 +344,9 @@ func (a *App) Bus() *events.Bus {
 	defer a.mu.Unlock()
 	return a.bus
 }
+
+// MaxPayloadBytes is the configured largest event payload.
+func (a *App) MaxPayloadBytes() int64 { return a.MaxPayload }
 
 // IPC is the alerts endpoint of the running worker, or nil when the app
 // is not started: send, broadcast and receive alerts between processes.

@@ -161,6 +161,9 @@ type Bus struct {
 
 	stop     atomic.Bool
 	done     chan struct{}
+	watched  atomic.Bool // someone waits on Changed
+	nmu      sync.Mutex
+	notify   chan struct{}
 	loopGID  atomic.Uint64
 	handled  atomic.Uint64 // the next sequence to handle
 	st       counters
@@ -299,6 +302,7 @@ func (b *Bus) Close(drain time.Duration) error {
 		b.rd.Interrupt()
 		<-b.done
 	}
+	b.notifyWatchers()
 	return b.h.Close()
 }
 
@@ -512,6 +516,41 @@ func (b *Bus) Stats() Stats {
 		LostGap: c.lostGap.Load(), Malformed: c.malformed.Load(), BlobsWritten: c.blobsWritten.Load(),
 		BlobsRead: c.blobsRead.Load(), BlobErrors: c.blobErrors.Load(), LocalQueueFull: c.localFull.Load(),
 	}
+}
+
+// Changed returns a channel that is closed once this worker has handled
+// another ring record. Pollers that are not handlers (HTTP long-polls and
+// streams) read the ring with Range, and wait on Changed when they are
+// caught up: get the channel first, then check Next, then wait.
+func (b *Bus) Changed() <-chan struct{} {
+	b.nmu.Lock()
+	defer b.nmu.Unlock()
+	if b.notify == nil {
+		b.notify = make(chan struct{})
+	}
+	b.watched.Store(true)
+	return b.notify
+}
+
+func (b *Bus) notifyWatchers() {
+	b.nmu.Lock()
+	defer b.nmu.Unlock()
+	b.watched.Store(false)
+	if b.notify != nil {
+		close(b.notify)
+		b.notify = nil
+	}
+}
+
+// Tail is the sequence number the next event posted by anyone will get
+// (or a later one): "now", for pollers that start from now.
+func (b *Bus) Tail() uint64 { return b.ring.Tail() }
+
+// Closed reports whether Close was called.
+func (b *Bus) Closed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
 }
 
 // Next is the sequence number of the next shared event this worker will handle.

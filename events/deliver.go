@@ -33,6 +33,9 @@ func (b *Bus) loop() {
 			if b.o.OnCursor != nil {
 				b.o.OnCursor(next)
 			}
+			if b.watched.Load() {
+				b.notifyWatchers()
+			}
 		}
 		if st == zone.Empty {
 			b.sweep()

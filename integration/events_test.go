@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	ipcbus "github.com/ipcbus/caddy-ipcbus"
+	"github.com/ipcbus/caddy-ipcbus/handlers"
 )
 
 func compact(b []byte) string {
@@ -29,9 +30,9 @@ func (p *proc) post(path, body string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func (p *proc) events(since uint64) ipcbus.EventsPage {
+func (p *proc) events(since uint64) handlers.EventsPage {
 	p.n.t.Helper()
-	var page ipcbus.EventsPage
+	var page handlers.EventsPage
 	if err := p.get(fmt.Sprintf("/ipcbus/events?since=%d&limit=10000", since), &page); err != nil {
 		p.n.t.Fatal(err)
 	}
