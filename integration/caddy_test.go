@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -60,6 +61,7 @@ type node struct {
 	sitePort int
 	extra    string // more global options
 	settings string // more ipcbus settings
+	size     string // zone size, default 8MiB
 }
 
 func newNode(t *testing.T) *node {
@@ -72,18 +74,36 @@ type proc struct {
 	cmd    *exec.Cmd
 	admin  string
 	config string
+	port   int // this process's own site port (the shared one is n.sitePort)
 	log    *bytes.Buffer
+	logMu  sync.Mutex
 	exited chan struct{}
 }
 
-func (n *node) caddyfile(admin string) string {
+// syncWriter serializes writes to a buffer shared by stdout and stderr.
+type syncWriter struct {
+	b  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (w syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (n *node) caddyfile(admin string, ownPort int) string {
+	size := n.size
+	if size == "" {
+		size = "8MiB"
+	}
 	return fmt.Sprintf(`{
 	admin %s
 	persist_config off
 	ipcbus {
 		zone %s
 		dir %s
-		size 8MiB
+		size %s
 		heartbeat 200ms
 		dead_after 2s
 		%s
@@ -91,10 +111,29 @@ func (n *node) caddyfile(admin string) string {
 	%s
 }
 
-http://127.0.0.1:%d {
+http://127.0.0.1:%d, http://127.0.0.1:%d {
+	handle /events {
+		ipcbus_poll
+	}
+	handle /limited {
+		ipcbus_poll {
+			max_streams 2
+		}
+	}
+	handle /publish {
+		ipcbus_broadcast
+	}
+	handle /send {
+		ipcbus_send
+	}
+	handle /alert {
+		ipcbus_broadcast {
+			alert
+		}
+	}
 	respond "site"
 }
-`, admin, n.zone, n.dir, n.settings, n.extra, n.sitePort)
+`, admin, n.zone, n.dir, size, n.settings, n.extra, n.sitePort, ownPort)
 }
 
 // start runs a Caddy process with its own admin address and waits until
@@ -102,14 +141,14 @@ http://127.0.0.1:%d {
 func (n *node) start() *proc {
 	t := n.t
 	t.Helper()
-	p := &proc{n: n, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), log: new(bytes.Buffer), exited: make(chan struct{})}
+	p := &proc{n: n, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), port: freePort(t), log: new(bytes.Buffer), exited: make(chan struct{})}
 	p.config = filepath.Join(n.dir, fmt.Sprintf("Caddyfile-%s", strings.ReplaceAll(p.admin, ":", "-")))
-	if err := os.WriteFile(p.config, []byte(n.caddyfile(p.admin)), 0o600); err != nil {
+	if err := os.WriteFile(p.config, []byte(n.caddyfile(p.admin, p.port)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p.cmd = exec.Command(caddyBin, "run", "--config", p.config, "--adapter", "caddyfile")
 	p.cmd.Env = append(os.Environ(), "HOME="+n.dir, "XDG_DATA_HOME="+n.dir, "XDG_CONFIG_HOME="+n.dir)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	p.cmd.Stdout, p.cmd.Stderr = syncWriter{p.log, &p.logMu}, syncWriter{p.log, &p.logMu}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +157,7 @@ func (n *node) start() *proc {
 		p.cmd.Process.Kill()
 		<-p.exited
 		if t.Failed() {
-			t.Logf("log of caddy %d:\n%s", p.cmd.Process.Pid, p.log.String())
+			t.Logf("log of caddy %d:\n%s", p.cmd.Process.Pid, p.logText())
 		}
 	})
 	p.waitFor("ipcbus to answer", func() bool {
@@ -129,6 +168,12 @@ func (n *node) start() *proc {
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) logText() string {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	return p.log.String()
+}
 
 // get fetches an admin endpoint as JSON.
 func (p *proc) get(path string, v any) error {
@@ -159,7 +204,7 @@ func (p *proc) waitFor(what string, cond func() bool) {
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		select {
 		case <-p.exited:
-			p.n.t.Fatalf("caddy %d exited while waiting for %s:\n%s", p.pid(), what, p.log.String())
+			p.n.t.Fatalf("caddy %d exited while waiting for %s:\n%s", p.pid(), what, p.logText())
 		default:
 		}
 		if cond() {

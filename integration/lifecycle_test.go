@@ -148,7 +148,7 @@ func TestAdminStats(t *testing.T) {
 func TestValidateDoesNotJoin(t *testing.T) {
 	n := newNode(t)
 	cfg := filepath.Join(n.dir, "Caddyfile")
-	if err := os.WriteFile(cfg, []byte(n.caddyfile("127.0.0.1:0")), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(n.caddyfile("127.0.0.1:0", freePort(t))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := cli(t, "validate", "--config", cfg, "--adapter", "caddyfile"); err != nil {
@@ -210,7 +210,7 @@ func TestSizeMismatch(t *testing.T) {
 	n := newNode(t)
 	n.start()
 	cfg := filepath.Join(n.dir, "other-size")
-	os.WriteFile(cfg, []byte(strings.Replace(n.caddyfile(fmt.Sprintf("127.0.0.1:%d", freePort(t))), "size 8MiB", "size 16MiB", 1)), 0o600)
+	os.WriteFile(cfg, []byte(strings.Replace(n.caddyfile(fmt.Sprintf("127.0.0.1:%d", freePort(t)), freePort(t)), "size 8MiB", "size 16MiB", 1)), 0o600)
 	out, err := cli(t, "run", "--config", cfg, "--adapter", "caddyfile")
 	want := fmt.Sprintf("zone file %s is 8388608 bytes but the config asks for 16777216", filepath.Join(n.dir, "ipcbus-itest.zone"))
 	if err == nil || !strings.Contains(strings.ReplaceAll(out, `\"`, `"`), want) {

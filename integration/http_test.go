@@ -1,0 +1,369 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipcbus/caddy-ipcbus/handlers"
+)
+
+func (p *proc) url(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", p.port, path) }
+
+// publish posts body to /publish on p and returns the event's seq.
+func (p *proc) publish(t *testing.T, query, body string) uint64 {
+	t.Helper()
+	resp, err := http.Post(p.url("/publish?"+query), "text/plain", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r struct{ Seq uint64 }
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &r) != nil {
+		t.Fatalf("publish: %d %s", resp.StatusCode, b)
+	}
+	return r.Seq
+}
+
+// sseEvent is one parsed Server-Sent Event.
+type sseEvent struct{ id, event, data string }
+
+// sse opens a stream and returns a channel of its events; closing ctx ends it.
+func sse(t *testing.T, ctx context.Context, url, lastID string) (<-chan sseEvent, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	ch := make(chan sseEvent, 1024)
+	go func() {
+		defer resp.Body.Close()
+		defer close(ch)
+		sc := bufio.NewScanner(resp.Body)
+		var ev sseEvent
+		var data []string
+		for sc.Scan() {
+			l := sc.Text()
+			switch {
+			case l == "":
+				if ev.event != "" || len(data) > 0 {
+					ev.data = strings.Join(data, "\n")
+					ch <- ev
+				}
+				ev, data = sseEvent{}, nil
+			case strings.HasPrefix(l, "id: "):
+				ev.id = l[4:]
+			case strings.HasPrefix(l, "event: "):
+				ev.event = l[7:]
+			case strings.HasPrefix(l, "data: "):
+				data = append(data, l[6:])
+			}
+		}
+	}()
+	return ch, nil
+}
+
+func next(t *testing.T, ch <-chan sseEvent) sseEvent {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("stream ended")
+		}
+		return ev
+	case <-time.After(30 * time.Second):
+		t.Fatal("no event within 30s")
+	}
+	return sseEvent{}
+}
+
+// TestSSEAcrossProcesses: a subscriber on process b receives, in order and
+// byte for byte, what is published to process a; it resumes after
+// Last-Event-ID without losing anything the ring holds.
+func TestSSEAcrossProcesses(t *testing.T) {
+	n := newNode(t)
+	a, b := n.start(), n.start()
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := sse(t, ctx, b.url("/events?source=chat"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 200
+	var seqs []uint64
+	for i := 0; i < total; i++ {
+		body := fmt.Sprintf("message %d", i)
+		if i == 7 {
+			body = "two\nlines"
+		}
+		seqs = append(seqs, a.publish(t, "source=chat&event=msg", body))
+		if i%50 == 0 {
+			a.publish(t, "source=other&event=msg", "filtered out")
+		}
+	}
+	for i := 0; i < 100; i++ {
+		ev := next(t, ch)
+		want := fmt.Sprintf("message %d", i)
+		if i == 7 {
+			want = "two\nlines"
+		}
+		if ev.id != strconv.FormatUint(seqs[i], 10) || ev.event != "msg" || ev.data != want {
+			t.Fatalf("event %d: %+v, want id %d data %q", i, ev, seqs[i], want)
+		}
+	}
+	cancel() // the client goes away after 100 events and comes back
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	ch2, err := sse(t, ctx2, b.url("/events?source=chat"), strconv.FormatUint(seqs[99], 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 100; i < total; i++ {
+		if ev := next(t, ch2); ev.id != strconv.FormatUint(seqs[i], 10) || ev.data != fmt.Sprintf("message %d", i) {
+			t.Fatalf("resumed event %d: %+v", i, ev)
+		}
+	}
+}
+
+// TestSSELost: a client asking for events the ring no longer holds gets an
+// explicit lost event with the count, then the events that remain.
+func TestSSELost(t *testing.T) {
+	n := newNode(t)
+	n.size = "1MiB" // 2,048 records
+	a := n.start()
+	first := a.publish(t, "source=s&event=e", "0")
+	for i := 1; i < 2100; i++ {
+		a.publish(t, "source=s&event=e", strconv.Itoa(i))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := sse(t, ctx, a.url("/events?source=s"), strconv.FormatUint(first-1, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := next(t, ch)
+	var l struct{ From, Count uint64 }
+	if ev.event != "lost" || json.Unmarshal([]byte(ev.data), &l) != nil || l.From != first || l.Count == 0 {
+		t.Fatalf("first event %+v, want a lost event from %d", ev, first)
+	}
+	if ev := next(t, ch); ev.event != "e" {
+		t.Fatalf("after the lost event: %+v", ev)
+	}
+}
+
+func longPoll(t *testing.T, url string) (handlers.EventsPage, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page handlers.EventsPage
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &page) != nil {
+		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	return page, time.Since(start)
+}
+
+// TestLongPoll: answers at once when events exist after since, when one
+// arrives, or after the timeout with none.
+func TestLongPoll(t *testing.T) {
+	n := newNode(t)
+	a, b := n.start(), n.start()
+	seq := a.publish(t, "source=lp&event=e", `payload`)
+	page, _ := longPoll(t, b.url(fmt.Sprintf("/events?source=lp&since=%d", seq)))
+	if len(page.Events) != 1 || page.Events[0].Seq != seq || string(page.Events[0].Data) != `"payload"` || page.Next != seq+1 {
+		t.Fatalf("existing event: %+v", page)
+	}
+	// Nothing after next: the answer comes after the timeout, empty.
+	page, took := longPoll(t, b.url(fmt.Sprintf("/events?source=lp&since=%d&timeout=300ms", page.Next)))
+	if len(page.Events) != 0 || took < 300*time.Millisecond {
+		t.Fatalf("empty long-poll: %+v after %v", page, took)
+	}
+	// An event published while the poll waits ends it.
+	done := make(chan handlers.EventsPage)
+	go func() {
+		p, _ := longPoll(t, b.url(fmt.Sprintf("/events?source=lp&since=%d&timeout=30s", page.Next)))
+		done <- p
+	}()
+	time.Sleep(100 * time.Millisecond)
+	resp, _ := http.Post(a.url("/publish?source=lp&event=e"), "application/json", strings.NewReader(`{"n":2}`))
+	resp.Body.Close()
+	if p := <-done; len(p.Events) != 1 || string(p.Events[0].Data) != `{"n":2}` {
+		t.Fatalf("woken long-poll: %+v", p)
+	}
+}
+
+// TestManySubscribers: 1,000 concurrent SSE clients, spread over two
+// processes, all receive a burst in order.
+func TestManySubscribers(t *testing.T) {
+	n := newNode(t)
+	a, b := n.start(), n.start()
+	const clients, burst = 1000, 50
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var chans []<-chan sseEvent
+	for i := 0; i < clients; i++ {
+		p := a
+		if i%2 == 1 {
+			p = b
+		}
+		ch, err := sse(t, ctx, p.url("/events?source=fan"), "")
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		chans = append(chans, ch)
+	}
+	for i := 0; i < burst; i++ {
+		a.publish(t, "source=fan&event=e", strconv.Itoa(i))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, clients)
+	for c, ch := range chans {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < burst; i++ {
+				select {
+				case ev := <-ch:
+					if ev.data != strconv.Itoa(i) {
+						errs <- fmt.Sprintf("client %d: event %d is %+v", c, i, ev)
+						return
+					}
+				case <-time.After(30 * time.Second):
+					errs <- fmt.Sprintf("client %d: got %d of %d events", c, i, burst)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+}
+
+// TestStreamsEndOnReloadAndStop: open streams and long-polls end when the
+// process reloads and when it stops, so neither waits on them.
+func TestStreamsEndOnReloadAndStop(t *testing.T) {
+	n := newNode(t)
+	a := n.start()
+	open := func() ([]<-chan sseEvent, chan struct{}) {
+		var chans []<-chan sseEvent
+		for i := 0; i < 5; i++ {
+			ch, err := sse(t, context.Background(), a.url("/events"), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			chans = append(chans, ch)
+		}
+		polls := make(chan struct{}, 5)
+		for i := 0; i < 5; i++ {
+			go func() {
+				resp, err := http.Get(a.url("/events?timeout=5m"))
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				polls <- struct{}{}
+			}()
+		}
+		time.Sleep(200 * time.Millisecond)
+		return chans, polls
+	}
+	ended := func(what string, chans []<-chan sseEvent, polls chan struct{}) {
+		for _, ch := range chans {
+			for range ch { // drain until the stream ends
+			}
+		}
+		for i := 0; i < 5; i++ {
+			select {
+			case <-polls:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("a long-poll still open 30s after the %s", what)
+			}
+		}
+	}
+	chans, polls := open()
+	start := time.Now()
+	if out, err := cli(t, "reload", "--config", a.config, "--adapter", "caddyfile", "--address", a.admin, "--force"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	ended("reload", chans, polls)
+	t.Logf("reload with 10 open streams and polls done in %v", time.Since(start))
+
+	chans, polls = open()
+	start = time.Now()
+	a.signal(syscall.SIGTERM)
+	a.waitExit()
+	ended("stop", chans, polls)
+	t.Logf("stop with 10 open streams and polls done in %v", time.Since(start))
+}
+
+// TestHTTPErrors: every error status of the handlers, as JSON.
+func TestHTTPErrors(t *testing.T) {
+	n := newNode(t)
+	n.settings = "max_payload 1KiB"
+	a := n.start()
+	a.publish(t, "source=s&event=e&unique=once", "first")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := 0; i < 2; i++ {
+		if _, err := sse(t, ctx, a.url("/limited"), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		method, path, ctype, body string
+		code                      int
+		want                      string
+	}{
+		{"POST", "/publish?source=s", "", "x", 400, "event is empty"},
+		{"POST", "/publish?source=s&event=e&unique=once", "", "again", 409, "duplicate unique key"},
+		{"POST", "/publish?source=s&event=e", "", strings.Repeat("x", 2000), 413, "request body over the limit of 1024 bytes"},
+		{"GET", "/publish?source=s&event=e", "", "", 405, "method GET not allowed: use POST"},
+		{"POST", "/events", "", "", 405, "method POST not allowed: use GET"},
+		{"GET", "/events?since=abc", "", "", 400, `since=\"abc\" is not a sequence number`},
+		{"GET", "/events?timeout=forever", "", "", 400, `timeout=\"forever\"`},
+		{"GET", "/events?limit=0", "", "", 400, `limit=\"0\": must be a number from 1 to 10000`},
+		{"GET", "/limited", "", "", 503, "too many open polls and streams in this process (limit 2)"},
+		{"POST", "/send?pid=999999999&name=x", "", "", 404, "No worker process with PID 999999999"},
+		{"POST", "/send?pid=abc&name=x", "", "", 400, `pid \"abc\"`},
+		{"POST", fmt.Sprintf("/send?pid=%d&name=%s", a.pid(), strings.Repeat("n", 255)), "", "", 400, "alert name length cannot exceed 254, was 255"},
+		{"POST", "/alert", "", "", 400, "alert name cannot be empty"},
+		{"POST", fmt.Sprintf("/send?pid=%d&name=hi", a.pid()), "", "data", 200, `"ok":true`},
+		{"POST", "/alert?name=all", "", "data", 200, `"ok":true`},
+	} {
+		req, _ := http.NewRequest(c.method, a.url(c.path), strings.NewReader(c.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.code || !strings.Contains(string(b), c.want) || (c.code != 200 && !strings.HasPrefix(string(b), `{"error":`)) {
+			t.Errorf("%s %.60s: %d %s, want %d %q", c.method, c.path, resp.StatusCode, b, c.code, c.want)
+		}
+	}
+}
