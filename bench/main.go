@@ -5,6 +5,7 @@
 //	go run ./bench events [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false]
 //	go run ./bench alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false]
 //	go run ./bench pingpong -n N -size BYTES -k PONGS
+//	go run ./bench load -caddy ./caddy [-procs 2] [-mode sse|longpoll] [-s S] [-m M] [-size B] [-rate R | -conns C]
 //
 // It starts N worker processes on a fresh zone (plain Go processes using the
 // packages; no Caddy). Worker 0 posts K events of SIZE bytes (a burst, or
@@ -43,8 +44,10 @@ func main() {
 	case "events", "alerts":
 	case "pingpong":
 		os.Exit(pingpongMain(os.Args[2:]))
+	case "load":
+		os.Exit(loadMain(os.Args[2:]))
 	default:
-		fmt.Fprintln(os.Stderr, "usage: bench events|alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false] [-zone-size BYTES] [-spin D]\n       bench pingpong -n N -size BYTES -k PONGS")
+		fmt.Fprintln(os.Stderr, "usage: bench events|alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false] [-zone-size BYTES] [-spin D]\n       bench pingpong -n N -size BYTES -k PONGS\n       bench load -caddy BINARY [-procs 2] [-mode sse|longpoll] [-s SUBSCRIBERS] [-m MESSAGES] [-size BYTES] [-rate PER_S | -conns N]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(mode, flag.ExitOnError)
