@@ -241,10 +241,15 @@ func New(o Options) (*Bus, error) {
 	}
 	b.rd.SetWaitMax(o.WaitMax)
 	b.rd.SetSpin(o.Spin)
+	b.rd.SetFilter(onlyEvents)
 	b.handled.Store(b.rd.Next())
 	b.reg.Store(&registry{})
 	return b, nil
 }
+
+// onlyEvents keeps the ring's event records (the others, alerts, are
+// skipped without being copied).
+func onlyEvents(kind uint32, _ uint64) bool { return kind == RecordKind }
 
 // SetOnCursor sets Options.OnCursor before Start.
 func (b *Bus) SetOnCursor(f func(next uint64)) { b.o.OnCursor = f }

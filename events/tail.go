@@ -15,6 +15,7 @@ import (
 func (b *Bus) Range(since uint64, limit int) ([]Event, uint64, uint64) {
 	rd := b.ring.NewReader(since)
 	rd.SetWaitMax(b.o.WaitMax)
+	rd.SetFilter(onlyEvents)
 	var out []Event
 	var lost uint64
 	for len(out) < limit {

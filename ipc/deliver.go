@@ -47,6 +47,7 @@ func (c *IPC) Start() error {
 	c.rd = c.ring.NewReader(c.handoff)
 	pid := uint64(c.o.PID)
 	c.rd.SetFilter(func(kind uint32, aux uint64) bool { return kind == RecordKind && (aux == 0 || aux == pid) })
+	c.rd.SetBell(Bell)
 	if c.o.WaitMax > 0 {
 		c.rd.SetWaitMax(c.o.WaitMax)
 	}

@@ -24,6 +24,10 @@ import (
 // field is the target pid, 0 for a broadcast.
 const RecordKind = 2
 
+// Bell is the zone doorbell alerts ring (the events bus uses the other), so
+// that posting events does not wake alert readers, nor alerts event readers.
+const Bell = 1
+
 // Limits of ngx_lua_ipc.
 const (
 	MaxNameLen = 254

@@ -73,7 +73,7 @@ func (c *IPC) send(pid int, name string, data []byte) error {
 		head[0] = flagBlob
 		payload = []byte(blob)
 	}
-	meta := zone.Meta{Kind: RecordKind, PID: uint32(c.o.PID), Gen: uint32(c.o.Generation), Aux: uint64(pid)}
+	meta := zone.Meta{Kind: RecordKind, PID: uint32(c.o.PID), Gen: uint32(c.o.Generation), Aux: uint64(pid), Bell: Bell}
 	for attempt := 0; ; attempt++ {
 		_, err := c.ring.Write(meta, head[:n], payload)
 		if err == zone.ErrAbandoned && attempt < 3 {

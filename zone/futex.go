@@ -66,7 +66,15 @@ func (d Doorbell) Ring() {
 	futexWake(d.word, 1<<30)
 }
 
-// Doorbell is the zone's doorbell, rung after every ring commit.
-func (z *Zone) Doorbell() Doorbell {
-	return Doorbell{word: &z.hdr.doorbell, waiters: &z.hdr.waiters}
+// Doorbell is the zone's doorbell i (0 ≤ i < NumBells), rung after the
+// commits of records written with that Meta.Bell.
+func (z *Zone) Doorbell(i int) Doorbell {
+	b := &z.hdr.bells[i%NumBells]
+	return Doorbell{word: &b.word, waiters: &b.waiters}
+}
+
+// Wake wakes every sleeper, whether or not one is counted.
+func (d Doorbell) Wake() {
+	d.word.Add(1)
+	futexWake(d.word, 1<<30)
 }

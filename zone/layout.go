@@ -5,7 +5,7 @@ import (
 	"unsafe"
 )
 
-// The zone file, layout version 3. All integers are little-endian
+// The zone file, layout version 4. All integers are little-endian
 // (the host's order: a zone is never shared across machines). Offsets are
 // from the start of the file. Every area starts on a 64-byte boundary so that
 // the atomic words are aligned and hot words do not share a cache line.
@@ -31,8 +31,10 @@ import (
 //	  104       24                reserved, zero
 //	  128       8                 ring tail: the next sequence number to hand out (atomic)
 //	  192       8                 ring data tail: the next data byte position to hand out (atomic)
-//	  256       4                 doorbell: futex word, bumped after a commit when a reader sleeps
-//	  260       4                 waiters: readers asleep on the doorbell
+//	  256       4                 doorbell 0: futex word, bumped after a commit when a reader sleeps
+//	  260       4                 waiters on doorbell 0
+//	  264       4                 doorbell 1 (records written with Meta.Bell 1: IPC alerts)
+//	  268       4                 waiters on doorbell 1
 //	  320       128               node area (type Node)
 //	  448       3648              reserved, zero
 //	4096        256 × 128       worker table (type WorkerSlot)
@@ -45,7 +47,7 @@ import (
 // byte of worker slot i is that worker's liveness lock.
 const (
 	// LayoutVersion is bumped whenever the meaning or position of any field changes.
-	LayoutVersion = 3
+	LayoutVersion = 4
 
 	headerSize     = 4096
 	workerSlotSize = 128
@@ -54,6 +56,11 @@ const (
 
 	// UniqueSlots is the number of run-once keys a zone holds at once.
 	UniqueSlots = 4096
+
+	// NumBells is the number of doorbells: readers of different record
+	// kinds sleep on different ones, so that a commit wakes only readers
+	// that want it.
+	NumBells = 2
 
 	// MaxWorkers is the number of worker slots in a zone.
 	MaxWorkers = 256
@@ -92,9 +99,11 @@ type header struct {
 	_        [56]byte
 	dataTail atomic.Uint64
 	_        [56]byte
-	doorbell atomic.Uint32
-	waiters  atomic.Uint32
-	_        [56]byte
+	bells [NumBells]struct {
+		word    atomic.Uint32
+		waiters atomic.Uint32
+	}
+	_ [48]byte
 
 	node Node
 }
@@ -248,7 +257,7 @@ func layoutFor(size uint64) geometry {
 func init() {
 	// The overlays must have exactly the sizes the layout documents.
 	if unsafe.Sizeof(header{}) > headerSize || unsafe.Offsetof(header{}.tail) != 128 ||
-		unsafe.Offsetof(header{}.dataTail) != 192 || unsafe.Offsetof(header{}.doorbell) != 256 ||
+		unsafe.Offsetof(header{}.dataTail) != 192 || unsafe.Offsetof(header{}.bells) != 256 ||
 		unsafe.Offsetof(header{}.node) != 320 || unsafe.Sizeof(Node{}) != 128 ||
 		unsafe.Sizeof(WorkerSlot{}) != workerSlotSize || unsafe.Sizeof(indexSlot{}) != indexSlotSize ||
 		unsafe.Sizeof(uniqueSlot{}) != uniqueSlotSize || unsafe.Offsetof(header{}.UniqueOff) != 88 {

@@ -74,6 +74,7 @@ type Reader struct {
 	waitMax time.Duration
 	spin    time.Duration
 	filter  func(kind uint32, aux uint64) bool
+	bell    int
 	since   time.Time // when the current Waiting began
 	fence   atomic.Uint64
 	// interrupted is set by Interrupt, from any goroutine.
@@ -270,7 +271,7 @@ func (rd *Reader) Read(timeout time.Duration) (Record, Status) {
 		if st == Waiting {
 			left = min(left, rd.waitMax/4+time.Millisecond)
 		}
-		bell := rd.r.bell
+		bell := rd.r.bells[rd.bell]
 		v := bell.Arm()
 		if !rd.ready() && !rd.interrupted.Load() {
 			bell.Sleep(v, left)
@@ -286,8 +287,12 @@ func (rd *Reader) Read(timeout time.Duration) (Record, Status) {
 // It is safe to call from any goroutine.
 func (rd *Reader) Interrupt() {
 	rd.interrupted.Store(true)
-	rd.r.Wake()
+	rd.r.bells[rd.bell].Wake()
 }
+
+// SetBell makes Read sleep on doorbell i: the one rung by the writers of
+// the records this reader wants.
+func (rd *Reader) SetBell(i int) { rd.bell = i % NumBells }
 
 // spinReady waits for the next record without sleeping: a short busy spin,
 // then sched_yield between checks until the spin window passes.
@@ -325,11 +330,4 @@ func (rd *Reader) ready() bool {
 	}
 	w := r.slot(seq).state.Load()
 	return stateSeq(w) > seq+1 || (stateSeq(w) == seq+1 && stateSt(w) != stWriting)
-}
-
-// Wake rings the doorbell, so that every reader sleeping in Read on this
-// zone, in any process, returns and re-checks its condition.
-func (r *Ring) Wake() {
-	r.hdr.doorbell.Add(1)
-	futexWake(&r.hdr.doorbell, 1<<30)
 }

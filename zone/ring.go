@@ -46,7 +46,7 @@ type Ring struct {
 	slots     uint64
 	dataSize  uint64
 	maxRecord uint64
-	bell      Doorbell
+	bells     [NumBells]Doorbell
 	node      *Node
 }
 
@@ -60,7 +60,7 @@ func newRing(z *Zone) *Ring {
 		slots:     g.indexSlots,
 		dataSize:  g.dataSize,
 		maxRecord: g.maxRecord,
-		bell:      z.Doorbell(),
+		bells:     [NumBells]Doorbell{z.Doorbell(0), z.Doorbell(1)},
 		node:      &z.hdr.node,
 	}
 }
@@ -93,6 +93,9 @@ type Meta struct {
 	Gen uint32
 	// Aux is free for the layers above.
 	Aux uint64
+	// Bell is the doorbell rung after the commit (0 ≤ Bell < NumBells):
+	// readers sleep on the bell of the records they want.
+	Bell uint8
 }
 
 // Write appends one record whose payload is the concatenation of parts and
@@ -113,7 +116,7 @@ func (r *Ring) Write(m Meta, parts ...[]byte) (uint64, error) {
 	for _, p := range parts {
 		pos = r.copyIn(pos, p)
 	}
-	return seq, r.commit(seq, s)
+	return seq, r.commit(seq, s, m.Bell)
 }
 
 // reserve takes a sequence number and n bytes of data space and claims the
@@ -152,7 +155,7 @@ func (r *Ring) Reserve(m Meta, n int) (*Pending, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Pending{r: r, seq: seq, s: s, pos: s.dpos % r.dataSize, left: uint64(n)}, nil
+	return &Pending{r: r, seq: seq, s: s, pos: s.dpos % r.dataSize, left: uint64(n), bell: m.Bell}, nil
 }
 
 // Pending is a reserved, uncommitted record.
@@ -162,6 +165,7 @@ type Pending struct {
 	s    *indexSlot
 	pos  uint64
 	left uint64
+	bell uint8
 }
 
 // Seq is the record's sequence number.
@@ -177,7 +181,7 @@ func (p *Pending) Append(b []byte) {
 }
 
 // Commit publishes the record.
-func (p *Pending) Commit() error { return p.r.commit(p.seq, p.s) }
+func (p *Pending) Commit() error { return p.r.commit(p.seq, p.s, p.bell) }
 
 func (r *Ring) copyIn(pos uint64, b []byte) uint64 {
 	for len(b) > 0 {
@@ -191,7 +195,7 @@ func (r *Ring) copyIn(pos uint64, b []byte) uint64 {
 	return pos
 }
 
-func (r *Ring) commit(seq uint64, s *indexSlot) error {
+func (r *Ring) commit(seq uint64, s *indexSlot, bell uint8) error {
 	s.time = time.Now().UnixNano()
 	if !s.state.CompareAndSwap(stateWord(seq, stWriting), stateWord(seq, stCommitted)) {
 		if stateSeq(s.state.Load()) == seq+1 {
@@ -199,7 +203,7 @@ func (r *Ring) commit(seq uint64, s *indexSlot) error {
 		}
 		return ErrOverwritten
 	}
-	r.bell.Ring()
+	r.bells[bell%NumBells].Ring()
 	return nil
 }
 
