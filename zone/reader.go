@@ -127,17 +127,16 @@ func (rd *Reader) TryRead() (Record, Status) {
 		case stateSeq(w) > seq+1:
 			return rd.skipTo(max(seq+1, tail-min(tail, r.slots)))
 		case stateSeq(w) == seq+1 && stateSt(w) == stCommitted:
-			if rd.filter != nil {
-				kind, aux := s.kind, s.aux
+			if rd.filter != nil && !rd.filter(s.kind, s.aux) {
+				// Skipped, once it is sure the fields it judged were seq's
+				// (kept records are checked by copyOut).
 				rd.fence.Add(0)
 				if s.state.Load() != w {
 					return rd.skipTo(seq + 1)
 				}
-				if !rd.filter(kind, aux) {
-					rd.next = seq + 1
-					rd.since = time.Time{}
-					continue
-				}
+				rd.next = seq + 1
+				rd.since = time.Time{}
+				continue
 			}
 			rec, ok := rd.copyOut(seq, s, w)
 			if !ok {
