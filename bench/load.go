@@ -165,7 +165,7 @@ func loadMain(args []string) int {
 		Published: int(published.Load()), PublishRate: float64(published.Load()) / (float64(pubEnd-start) / 1e9),
 		Received: received.Load(), Expected: expected, Lost: expected - received.Load(),
 		ReceiptRate: float64(received.Load()) / (float64(lastRecv.Load()-start) / 1e9),
-		P50ms: pctF(all, 50), P99ms: pctF(all, 99), MaxMs: pctF(all, 100),
+		P50ms:       pctF(all, 50), P99ms: pctF(all, 99), MaxMs: pctF(all, 100),
 	}
 	b, _ := json.Marshal(line)
 	fmt.Println(string(b))

@@ -135,7 +135,9 @@ func match(patterns []string, s string) bool {
 	return false
 }
 
-func (f filter) keep(e *events.Event) bool { return match(f.sources, e.Source) && match(f.events, e.Name) }
+func (f filter) keep(e *events.Event) bool {
+	return match(f.sources, e.Source) && match(f.events, e.Name)
+}
 
 // ServeHTTP serves a stream or a long-poll.
 func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {

@@ -99,7 +99,7 @@ type header struct {
 	_        [56]byte
 	dataTail atomic.Uint64
 	_        [56]byte
-	bells [NumBells]struct {
+	bells    [NumBells]struct {
 		word    atomic.Uint32
 		waiters atomic.Uint32
 	}
