@@ -153,11 +153,12 @@ type Bus struct {
 	regMu sync.Mutex
 	ids   atomic.Uint64
 
-	mu       sync.Mutex // guards local, barriers, state
-	local    []localItem
-	barriers []barrier
-	started  bool
-	closed   bool
+	mu        sync.Mutex  // guards local, barriers, state
+	localWork atomic.Bool // local or barriers not empty: set under mu
+	local     []localItem
+	barriers  []barrier
+	started   bool
+	closed    bool
 
 	stop     atomic.Bool
 	done     chan struct{}
@@ -474,6 +475,7 @@ func (b *Bus) enqueue(it localItem) error {
 		return fmt.Errorf("local event queue full (%d events not yet handled)", maxLocalQueue)
 	}
 	b.local = append(b.local, it)
+	b.localWork.Store(true)
 	b.mu.Unlock()
 	b.rd.Interrupt()
 	return nil

@@ -46,11 +46,10 @@ func (b *Bus) loop() {
 // runLocal handles the queued local events and releases the barriers
 // whose target has been handled.
 func (b *Bus) runLocal() {
-	b.mu.Lock()
-	if len(b.local) == 0 && len(b.barriers) == 0 {
-		b.mu.Unlock()
-		return
+	if !b.localWork.Load() {
+		return // the common case, without taking the lock
 	}
+	b.mu.Lock()
 	items := b.local
 	b.local = nil
 	b.mu.Unlock()
@@ -75,6 +74,7 @@ func (b *Bus) runLocal() {
 		}
 	}
 	b.barriers = kept
+	b.localWork.Store(len(b.local) > 0 || len(b.barriers) > 0)
 	b.mu.Unlock()
 }
 
