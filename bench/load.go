@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,9 +123,14 @@ func loadMain(args []string) int {
 		pw.Add(1)
 		go func(c int) {
 			defer pw.Done()
+			pub, err := newRawPublisher(pubList[c%len(pubList)])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "publisher:", err)
+				return
+			}
+			defer pub.close()
 			b := make([]byte, len(body))
 			copy(b, body)
-			url := pubList[c%len(pubList)]
 			for i := c; i < *msgs; i += nconn {
 				if *rate > 0 {
 					due := start + int64(float64(i)/(*rate)*1e9)
@@ -133,13 +139,7 @@ func loadMain(args []string) int {
 					}
 				}
 				stamp(b, monoNs()/1000)
-				resp, err := client.Post(url, "text/plain", bytes.NewReader(b))
-				if err != nil {
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
+				if pub.post(b) {
 					published.Add(1)
 				}
 			}
@@ -171,6 +171,45 @@ func loadMain(args []string) int {
 	fmt.Println(string(b))
 	return 0
 }
+
+// rawPublisher is a keep-alive HTTP/1.1 connection that writes POST
+// requests itself and reads the answers with http.ReadResponse: no
+// http.Client machinery, so the publisher costs little CPU (the method of
+// the nchan figures in peers-http.md).
+type rawPublisher struct {
+	conn net.Conn
+	br   *bufio.Reader
+	head []byte
+}
+
+func newRawPublisher(rawURL string) (*rawPublisher, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		return nil, err
+	}
+	head := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: text/plain\r\nContent-Length: ", u.RequestURI(), u.Host)
+	return &rawPublisher{conn: conn, br: bufio.NewReader(conn), head: []byte(head)}, nil
+}
+
+func (p *rawPublisher) post(body []byte) bool {
+	req := append(append(append(p.head[:len(p.head):len(p.head)], strconv.Itoa(len(body))...), "\r\n\r\n"...), body...)
+	if _, err := p.conn.Write(req); err != nil {
+		return false
+	}
+	resp, err := http.ReadResponse(p.br, nil)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func (p *rawPublisher) close() { p.conn.Close() }
 
 func subscribeSSE(client *http.Client, url string, ready *sync.WaitGroup, stop chan struct{}, want int, onMsg func([]byte)) {
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
