@@ -1,0 +1,75 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// goroutines reads the process's goroutine count from the admin pprof endpoint.
+func (p *proc) goroutines(t *testing.T) int {
+	t.Helper()
+	resp, err := http.Get("http://" + p.admin + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`goroutine profile: total (\d+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no goroutine count in %.100s", b)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+func (p *proc) fds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestReloadLeavesNothingBehind: reloads do not pile up goroutines, file
+// descriptors or mappings (each reload starts a worker, a bus and an
+// alerts reader, and stops the old ones).
+func TestReloadLeavesNothingBehind(t *testing.T) {
+	n := newNode(t)
+	a := n.start()
+	reload := func() {
+		if out, err := cli(t, "reload", "--config", a.config, "--adapter", "caddyfile", "--address", a.admin, "--force"); err != nil {
+			t.Fatalf("reload: %v\n%s", err, out)
+		}
+	}
+	reload() // let the first reload's one-time allocations happen
+	time.Sleep(300 * time.Millisecond)
+	g0, f0 := a.goroutines(t), a.fds(t)
+	for i := 0; i < 8; i++ {
+		reload()
+	}
+	var g, f int
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		g, f = a.goroutines(t), a.fds(t)
+		if g <= g0+2 && f <= f0+2 {
+			break
+		}
+	}
+	if g > g0+2 || f > f0+2 {
+		t.Fatalf("after 8 reloads: %d goroutines (was %d), %d fds (was %d)", g, g0, f, f0)
+	}
+	if maps, _ := os.ReadFile(fmt.Sprintf("/proc/%d/maps", a.pid())); countZoneMaps(maps) != 1 {
+		t.Fatalf("the zone is mapped %d times", countZoneMaps(maps))
+	}
+	t.Logf("after 8 reloads: %d goroutines (was %d), %d fds (was %d)", g, g0, f, f0)
+}
+
+func countZoneMaps(maps []byte) int {
+	return len(regexp.MustCompile(`ipcbus-itest\.zone`).FindAll(maps, -1))
+}
