@@ -145,6 +145,12 @@ func handleStats(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer a.mu.Unlock()
+	return writeJSON(w, a.statsLocked())
+}
+
+// statsLocked builds this process's stats report; call with a.mu held and
+// the app started.
+func (a *App) statsLocked() StatsReport {
 	processStats.Lock()
 	rep := StatsReport{PID: os.Getpid(), Worker: a.worker.ID(), Generation: a.gen, Workers: processStats.workers + 1, Lifecycle: processStats.Stats, Events: processStats.events, Alerts: processStats.alerts}
 	processStats.Unlock()
@@ -153,7 +159,7 @@ func handleStats(w http.ResponseWriter, r *http.Request) error {
 	rep.Alerts.Add(a.alerts.Stats())
 	ring := a.zone.Ring()
 	rep.Ring = RingStats{Tail: ring.Tail(), Slots: ring.Slots(), DataBytes: ring.DataSize(), MaxRecord: ring.MaxRecord()}
-	return writeJSON(w, rep)
+	return rep
 }
 
 // Interface guards

@@ -125,6 +125,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.MaxPayload == 0 {
 		a.MaxPayload = events.DefaultMaxPayload
 	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering ipcbus metrics: %w", err)
+	}
 	a.mode = 0o600
 	if a.Mode != "" {
 		m, err := parseMode(a.Mode)

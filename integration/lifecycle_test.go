@@ -131,6 +131,19 @@ func TestAdminStats(t *testing.T) {
 	if rep.Worker != fmt.Sprintf("1-%d", p.pid()) || rep.Generation != 1 || rep.Ring.Slots == 0 || rep.Workers != 1 {
 		t.Fatalf("stats %+v", rep)
 	}
+	// The same counters as Prometheus metrics on the admin /metrics endpoint.
+	n.start()
+	mresp, err := http.Get("http://" + p.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{"caddy_ipcbus_live_workers 2", "caddy_ipcbus_node_starts_total 1", "caddy_ipcbus_events_posted_total"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 	resp, err := http.Post("http://"+p.admin+"/ipcbus/workers", "application/json", nil)
 	if err != nil {
 		t.Fatal(err)
