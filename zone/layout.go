@@ -5,7 +5,7 @@ import (
 	"unsafe"
 )
 
-// The zone file, layout version 4. All integers are little-endian
+// The zone file, layout version 5. All integers are little-endian
 // (the host's order: a zone is never shared across machines). Offsets are
 // from the start of the file. Every area starts on a 64-byte boundary so that
 // the atomic words are aligned and hot words do not share a cache line.
@@ -47,7 +47,7 @@ import (
 // byte of worker slot i is that worker's liveness lock.
 const (
 	// LayoutVersion is bumped whenever the meaning or position of any field changes.
-	LayoutVersion = 4
+	LayoutVersion = 5
 
 	headerSize     = 4096
 	workerSlotSize = 128
@@ -203,11 +203,17 @@ type indexSlot struct {
 	// pid and gen identify the writer.
 	pid uint32
 	gen uint32
-	// time is the commit time, Unix ns.
+	// time is when the writer claimed the slot, Unix ns.
 	time int64
 	// aux is for the layers above (a target pid, flags).
 	aux uint64
-	_   [16]byte
+	// check mixes seq with the fields above: a writer that was overtaken
+	// (stalled past a lap of the index) and whose late stores land on a
+	// newer record's slot makes that record fail the check, so a reader
+	// counts it lost rather than returning mixed fields. (Payload bytes are
+	// not summed: a writer re-checks its data reservation before copying.)
+	check uint32
+	_     [12]byte
 }
 
 const (

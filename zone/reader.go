@@ -55,7 +55,7 @@ type Record struct {
 	PID  uint32
 	Gen  uint32
 	Aux  uint64
-	// Time is the commit time, Unix ns.
+	// Time is when the writer wrote the record, Unix ns.
 	Time int64
 	Data []byte
 	// Lost is the number of records skipped, for Overrun and Gap.
@@ -203,6 +203,11 @@ func (rd *Reader) copyOut(seq uint64, s *indexSlot, w uint64) (Record, bool) {
 	if s.state.Load() != w || r.hdr.dataTail.Load() > m.dpos+r.dataSize {
 		return Record{}, false
 	}
+	// The fields copied belong to seq's own writer only if they match its
+	// check (an overtaken writer's late stores make them differ).
+	if metaCheck(seq, &m) != m.check {
+		return Record{}, false
+	}
 	return Record{Seq: seq, Kind: m.kind, PID: m.pid, Gen: m.gen, Aux: m.aux, Time: m.time, Data: rd.buf}, true
 }
 
@@ -215,12 +220,13 @@ type slotMeta struct {
 	gen    uint32
 	time   int64
 	aux    uint64
+	check  uint32
 }
 
 // decodeSlot copies the fields of s and checks them against the ring's
 // bounds. It is the one place that interprets what another process wrote.
 func decodeSlot(s *indexSlot, maxRecord uint64) (slotMeta, bool) {
-	m := slotMeta{dpos: s.dpos, length: s.length, kind: s.kind, pid: s.pid, gen: s.gen, time: s.time, aux: s.aux}
+	m := slotMeta{dpos: s.dpos, length: s.length, kind: s.kind, pid: s.pid, gen: s.gen, time: s.time, aux: s.aux, check: s.check}
 	return m, uint64(m.length) <= maxRecord
 }
 
@@ -328,5 +334,5 @@ func (rd *Reader) ready() bool {
 		return false
 	}
 	w := r.slot(seq).state.Load()
-	return stateSeq(w) > seq+1 || (stateSeq(w) == seq+1 && stateSt(w) != stWriting)
+	return stateSeq(w) > seq+1 || (stateSeq(w) == seq+1 && (stateSt(w) == stCommitted || stateSt(w) == stAbandoned))
 }

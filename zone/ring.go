@@ -108,20 +108,46 @@ func (r *Ring) Write(m Meta, parts ...[]byte) (uint64, error) {
 	if n > r.maxRecord {
 		return 0, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, n, r.maxRecord)
 	}
-	seq, s, err := r.reserve(m, n)
+	seq, s, sm, err := r.reserve(m, n)
 	if err != nil {
 		return seq, err
 	}
-	pos := s.dpos % r.dataSize
+	// A writer overtaken since it reserved (a whole data area written
+	// meanwhile) must not copy into space that newer records own.
+	if r.hdr.dataTail.Load() > sm.dpos+r.dataSize-n {
+		r.abandon(seq, s)
+		return seq, ErrOverwritten
+	}
+	pos := sm.dpos % r.dataSize
 	for _, p := range parts {
 		pos = r.copyIn(pos, p)
 	}
-	return seq, r.commit(seq, s, m.Bell)
+	return seq, r.commit(seq, s, &sm, m.Bell)
+}
+
+// abandon marks a claimed slot abandoned by its own writer.
+func (r *Ring) abandon(seq uint64, s *indexSlot) {
+	s.state.CompareAndSwap(stateWord(seq, stWriting), stateWord(seq, stAbandoned))
+	r.bells[0].Ring()
+	r.bells[1].Ring()
+}
+
+// metaCheck mixes seq and a slot's fields: each field times its own odd
+// constant (independent multiplies), then a finalizer. It detects fields
+// of another record, not an adversary.
+func metaCheck(seq uint64, m *slotMeta) uint32 {
+	h := seq*0x9e3779b97f4a7c15 ^ m.dpos*0xbf58476d1ce4e5b9 ^
+		(uint64(m.length)|uint64(m.kind)<<32)*0x94d049bb133111eb ^
+		(uint64(m.pid)|uint64(m.gen)<<32)*0xd6e8feb86659fd93 ^
+		uint64(m.time)*0xa0761d6478bd642f ^ m.aux*0xe7037ed1a0b428db
+	h ^= h >> 29
+	h *= 0xbf58476d1ce4e5b9
+	return uint32(h ^ h>>32)
 }
 
 // reserve takes a sequence number and n bytes of data space and claims the
 // sequence's slot, filling in everything but the payload.
-func (r *Ring) reserve(m Meta, n uint64) (uint64, *indexSlot, error) {
+func (r *Ring) reserve(m Meta, n uint64) (uint64, *indexSlot, slotMeta, error) {
 	dpos := r.hdr.dataTail.Add((n+7)&^7) - (n+7)&^7
 	seq := r.hdr.tail.Add(1) - 1
 	s := r.slot(seq)
@@ -129,9 +155,9 @@ func (r *Ring) reserve(m Meta, n uint64) (uint64, *indexSlot, error) {
 		w := s.state.Load()
 		if stateSeq(w) >= seq+1 {
 			if stateSeq(w) == seq+1 {
-				return seq, nil, ErrAbandoned
+				return seq, nil, slotMeta{}, ErrAbandoned
 			}
-			return seq, nil, ErrOverwritten
+			return seq, nil, slotMeta{}, ErrOverwritten
 		}
 		// An older occupant, committed or not, is overwritten: readers of it
 		// see the new state word and count it lost.
@@ -139,10 +165,17 @@ func (r *Ring) reserve(m Meta, n uint64) (uint64, *indexSlot, error) {
 			break
 		}
 	}
-	s.dpos = dpos
-	s.length = uint32(n)
-	s.kind, s.pid, s.gen, s.aux = m.Kind, m.PID, m.Gen, m.Aux
-	return seq, s, nil
+	// An acquire load after the claim keeps the stores below after it (on
+	// arm64 a CAS alone does not), and gives up early if already overtaken.
+	if s.state.Load() != stateWord(seq, stWriting) {
+		return seq, nil, slotMeta{}, ErrOverwritten
+	}
+	// The writer keeps its own copy of the fields: the check is computed
+	// from it, never from the slot, which an overtaken writer may scribble on.
+	sm := slotMeta{dpos: dpos, length: uint32(n), kind: m.Kind, pid: m.PID, gen: m.Gen, time: time.Now().UnixNano(), aux: m.Aux}
+	s.time, s.dpos, s.length = sm.time, sm.dpos, sm.length
+	s.kind, s.pid, s.gen, s.aux = sm.kind, sm.pid, sm.gen, sm.aux
+	return seq, s, sm, nil
 }
 
 // Reserve is Write in two steps, for writers that build the payload in place
@@ -151,21 +184,23 @@ func (r *Ring) Reserve(m Meta, n int) (*Pending, error) {
 	if n < 0 || uint64(n) > r.maxRecord {
 		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, n, r.maxRecord)
 	}
-	seq, s, err := r.reserve(m, uint64(n))
+	seq, s, sm, err := r.reserve(m, uint64(n))
 	if err != nil {
 		return nil, err
 	}
-	return &Pending{r: r, seq: seq, s: s, pos: s.dpos % r.dataSize, left: uint64(n), bell: m.Bell}, nil
+	return &Pending{r: r, seq: seq, s: s, sm: sm, pos: sm.dpos % r.dataSize, left: uint64(n), bell: m.Bell}, nil
 }
 
 // Pending is a reserved, uncommitted record.
 type Pending struct {
-	r    *Ring
-	seq  uint64
-	s    *indexSlot
-	pos  uint64
-	left uint64
-	bell uint8
+	r      *Ring
+	seq    uint64
+	s      *indexSlot
+	pos    uint64
+	left   uint64
+	bell   uint8
+	sm     slotMeta
+	lapped bool
 }
 
 // Seq is the record's sequence number.
@@ -177,11 +212,21 @@ func (p *Pending) Append(b []byte) {
 		panic("zone: Pending.Append past the reserved length")
 	}
 	p.left -= uint64(len(b))
+	if p.lapped || p.r.hdr.dataTail.Load() > p.sm.dpos+p.r.dataSize-uint64(p.sm.length) {
+		p.lapped = true // overtaken: copy nothing into newer records' space
+		return
+	}
 	p.pos = p.r.copyIn(p.pos, b)
 }
 
 // Commit publishes the record.
-func (p *Pending) Commit() error { return p.r.commit(p.seq, p.s, p.bell) }
+func (p *Pending) Commit() error {
+	if p.lapped {
+		p.r.abandon(p.seq, p.s)
+		return ErrOverwritten
+	}
+	return p.r.commit(p.seq, p.s, &p.sm, p.bell)
+}
 
 func (r *Ring) copyIn(pos uint64, b []byte) uint64 {
 	for len(b) > 0 {
@@ -195,8 +240,8 @@ func (r *Ring) copyIn(pos uint64, b []byte) uint64 {
 	return pos
 }
 
-func (r *Ring) commit(seq uint64, s *indexSlot, bell uint8) error {
-	s.time = time.Now().UnixNano()
+func (r *Ring) commit(seq uint64, s *indexSlot, sm *slotMeta, bell uint8) error {
+	s.check = metaCheck(seq, sm)
 	if !s.state.CompareAndSwap(stateWord(seq, stWriting), stateWord(seq, stCommitted)) {
 		if stateSeq(s.state.Load()) == seq+1 {
 			return ErrAbandoned
