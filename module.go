@@ -277,6 +277,7 @@ func (a *App) Start() error {
 		return err
 	}
 	bus.SetOnCursor(w.SetCursor)
+	bus.SetWorkerSlot(w.Slot())
 	overflow := ipc.Block
 	if a.AlertOverflow == "drop" {
 		overflow = ipc.Drop

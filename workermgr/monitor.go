@@ -112,6 +112,7 @@ func (w *Worker) judgeLocked(i int, now time.Time) {
 	node := w.z.Node()
 	switch {
 	case !alive:
+		w.z.ReleaseWaiters(i)
 		s.ExitedAt.Store(now.UnixNano())
 		s.Reason.Store(uint32(ReasonCrash))
 		s.State.Store(zone.WorkerCrashed)

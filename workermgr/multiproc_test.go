@@ -28,6 +28,10 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
+		// A reader of this worker asleep on the doorbell when it is killed.
+		rd := z.Ring().NewReader(z.Ring().Tail())
+		rd.SetWorker(z.Worker(w.Slot()))
+		go rd.Read(time.Hour)
 		fmt.Println(w.ID())
 		time.Sleep(time.Hour)
 	}
@@ -56,6 +60,12 @@ func TestKilledProcessSeenCrashed(t *testing.T) {
 	}
 	id = strings.TrimSpace(id)
 	rec.take()
+	for deadline := time.Now().Add(10 * time.Second); z.Doorbell(0).Sleepers() != 1 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if n := z.Doorbell(0).Sleepers(); n != 1 {
+		t.Fatalf("%d sleepers on the doorbell, want the helper's reader", n)
+	}
 	killed := time.Now()
 	cmd.Process.Signal(syscall.SIGKILL)
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
@@ -73,5 +83,8 @@ func TestKilledProcessSeenCrashed(t *testing.T) {
 	t.Logf("crash of %s seen %v after SIGKILL (probe interval %v)", id, time.Since(killed), w.cfg.ProbeInterval)
 	if z.Node().Crashes.Load() != 1 {
 		t.Fatal("crash not counted in the zone")
+	}
+	if n := z.Doorbell(0).Sleepers(); n != 0 {
+		t.Fatalf("the dead reader still counts as %d sleepers: every commit would pay a wake-up", n)
 	}
 }

@@ -73,8 +73,23 @@ func (z *Zone) Doorbell(i int) Doorbell {
 	return Doorbell{word: &b.word, waiters: &b.waiters}
 }
 
+// Sleepers is the number of readers counted asleep on the doorbell.
+func (d Doorbell) Sleepers() uint32 { return d.waiters.Load() }
+
 // Wake wakes every sleeper, whether or not one is counted.
 func (d Doorbell) Wake() {
 	d.word.Add(1)
 	futexWake(d.word, 1<<30)
+}
+
+// ReleaseWaiters takes the sleeps counted in worker slot i off the
+// doorbells' waiter counts. Call it once the worker is known dead (its
+// liveness lock is gone), under the node lock.
+func (z *Zone) ReleaseWaiters(i int) {
+	ws := z.Worker(i)
+	for b := range ws.Armed {
+		if n := ws.Armed[b].Swap(0); n > 0 {
+			z.hdr.bells[b].waiters.Add(-n)
+		}
+	}
 }

@@ -5,7 +5,7 @@ import (
 	"unsafe"
 )
 
-// The zone file, layout version 5. All integers are little-endian
+// The zone file, layout version 6. All integers are little-endian
 // (the host's order: a zone is never shared across machines). Offsets are
 // from the start of the file. Every area starts on a 64-byte boundary so that
 // the atomic words are aligned and hot words do not share a cache line.
@@ -47,7 +47,7 @@ import (
 // byte of worker slot i is that worker's liveness lock.
 const (
 	// LayoutVersion is bumped whenever the meaning or position of any field changes.
-	LayoutVersion = 5
+	LayoutVersion = 6
 
 	headerSize     = 4096
 	workerSlotSize = 128
@@ -177,7 +177,12 @@ type WorkerSlot struct {
 	// AlertCursor is the ring sequence the worker's IPC reader reads next;
 	// senders hold back when it lags too far (backpressure).
 	AlertCursor atomic.Uint64
-	_           [56]byte
+	// Armed counts, per doorbell, the worker's readers asleep on it: when the
+	// worker is found crashed they are taken off the doorbell's waiter
+	// count, which would otherwise stay high and make every commit pay for
+	// a wake-up call.
+	Armed [NumBells]atomic.Uint32
+	_     [48]byte
 }
 
 // Worker slot states.

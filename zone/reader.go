@@ -75,6 +75,7 @@ type Reader struct {
 	spin    time.Duration
 	filter  func(kind uint32, aux uint64) bool
 	bell    int
+	armed   *atomic.Uint32
 	since   time.Time // when the current Waiting began
 	fence   atomic.Uint64
 	// interrupted is set by Interrupt, from any goroutine.
@@ -278,8 +279,14 @@ func (rd *Reader) Read(timeout time.Duration) (Record, Status) {
 		}
 		bell := rd.r.bells[rd.bell]
 		v := bell.Arm()
+		if rd.armed != nil {
+			rd.armed.Add(1)
+		}
 		if !rd.ready() && !rd.interrupted.Load() {
 			bell.Sleep(v, left)
+		}
+		if rd.armed != nil {
+			rd.armed.Add(^uint32(0))
 		}
 		bell.Disarm()
 		if rd.interrupted.Swap(false) {
@@ -294,6 +301,11 @@ func (rd *Reader) Interrupt() {
 	rd.interrupted.Store(true)
 	rd.r.bells[rd.bell].Wake()
 }
+
+// SetWorker names the worker slot this reader belongs to, so that its
+// sleeps are counted there too and can be undone if the worker crashes
+// asleep (see Zone.ReleaseWaiters). Call after SetBell.
+func (rd *Reader) SetWorker(ws *WorkerSlot) { rd.armed = &ws.Armed[rd.bell] }
 
 // SetBell makes Read sleep on doorbell i: the one rung by the writers of
 // the records this reader wants.
