@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -162,7 +163,9 @@ type Bus struct {
 
 	stop     atomic.Bool
 	done     chan struct{}
-	watched  atomic.Bool // someone waits on Changed
+	rmu      sync.RWMutex // pollers (Range, Tail) hold it to read the zone
+	shut     bool         // set under rmu by Close
+	watched  atomic.Bool  // someone waits on Changed
 	nmu      sync.Mutex
 	notify   chan struct{}
 	loopGID  atomic.Uint64
@@ -314,6 +317,10 @@ func (b *Bus) Close(drain time.Duration) error {
 		<-b.done
 	}
 	b.notifyWatchers()
+	// No poller reads the zone after this: the mapping may go once Close returns.
+	b.rmu.Lock()
+	b.shut = true
+	b.rmu.Unlock()
 	return b.h.Close()
 }
 
@@ -337,6 +344,9 @@ func validName(what, s string) error {
 	}
 	if len(s) > MaxNameLen {
 		return invalid("%s is %d bytes, the limit is %d", what, len(s), MaxNameLen)
+	}
+	if strings.ContainsAny(s, "\r\n\x00") {
+		return invalid("%s %q holds a line break or NUL, which is not allowed", what, s)
 	}
 	return nil
 }
@@ -556,7 +566,14 @@ func (b *Bus) notifyWatchers() {
 
 // Tail is the sequence number the next event posted by anyone will get
 // (or a later one): "now", for pollers that start from now.
-func (b *Bus) Tail() uint64 { return b.ring.Tail() }
+func (b *Bus) Tail() uint64 {
+	b.rmu.RLock()
+	defer b.rmu.RUnlock()
+	if b.shut {
+		return 0
+	}
+	return b.ring.Tail()
+}
 
 // Closed reports whether Close was called.
 func (b *Bus) Closed() bool {

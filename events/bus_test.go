@@ -336,6 +336,8 @@ func TestPostValidation(t *testing.T) {
 		{"s", "e", json.RawMessage("{bad"), nil, "data is not valid JSON", ErrInvalid},
 		{"s", "e", make([]byte, 1001), nil, "event payload too large: 1001 bytes, the limit is 1000", ErrTooLarge},
 		{"s", "e", nil, []PostOption{Unique(long)}, "unique key is 256 bytes", ErrInvalid},
+		{"s", "e\nid: 9", nil, nil, "holds a line break or NUL", ErrInvalid},
+		{"s\r", "e", nil, nil, "holds a line break or NUL", ErrInvalid},
 	} {
 		_, err := b.Post(c.source, c.event, c.data, c.opts...)
 		if err == nil || !strings.Contains(err.Error(), c.want) || !errors.Is(err, c.is) {

@@ -101,19 +101,6 @@ func (b *Bus) deliver(rec zone.Record, ev *Event) {
 	b.dispatch(ev)
 }
 
-// decodeRecord decodes an event record without taking its unique claim.
-func (b *Bus) decodeRecord(rec zone.Record) (Event, bool) {
-	e, ok := b.decodeFields(rec)
-	if !ok {
-		return Event{}, false
-	}
-	data, ok := b.payloadOf(rec, e)
-	if !ok {
-		return Event{}, false
-	}
-	return b.event(rec, e, data), true
-}
-
 func (b *Bus) decodeFields(rec zone.Record) (encoded, bool) {
 	e, err := decode(rec.Data)
 	if err != nil {

@@ -13,6 +13,18 @@ import (
 // committed them). It is how pollers that are not workers (the admin API,
 // HTTP long-polls) read the bus.
 func (b *Bus) Range(since uint64, limit int) ([]Event, uint64, uint64) {
+	return b.RangeFunc(since, limit, nil)
+}
+
+// RangeFunc is Range keeping only the events for which keep(source, name)
+// is true (nil keeps all); the others are skipped before their payload is
+// read. After Close it returns nothing.
+func (b *Bus) RangeFunc(since uint64, limit int, keep func(source, name string) bool) ([]Event, uint64, uint64) {
+	b.rmu.RLock()
+	defer b.rmu.RUnlock()
+	if b.shut {
+		return nil, since, 0
+	}
 	rd := b.ring.NewReader(since)
 	rd.SetWaitMax(b.o.WaitMax)
 	rd.SetFilter(onlyEvents)
@@ -25,11 +37,20 @@ func (b *Bus) Range(since uint64, limit int) ([]Event, uint64, uint64) {
 			if rec.Kind != RecordKind {
 				continue
 			}
-			ev, ok := b.decodeRecord(rec)
+			e, ok := b.decodeFields(rec)
 			if !ok {
 				lost++
 				continue
 			}
+			if keep != nil && !keep(e.source, e.event) {
+				continue
+			}
+			data, ok := b.payloadOf(rec, e)
+			if !ok {
+				lost++
+				continue
+			}
+			ev := b.event(rec, e, data)
 			ev.Data = bytes.Clone(ev.Data)
 			out = append(out, ev)
 			continue

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"encoding/json"
+	"errors"
 	"mime"
 	"net/http"
 	"strings"
@@ -80,7 +81,10 @@ func (h *Broadcast) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 		return writeError(w, status, err)
 	}
 	var data any = body
-	if isJSON(r) && json.Valid(body) {
+	if isJSON(r) {
+		if !json.Valid(body) {
+			return writeError(w, http.StatusBadRequest, errors.New("the body is sent as application/json but is not valid JSON"))
+		}
 		data = json.RawMessage(body)
 	}
 	var opts []events.PostOption

@@ -75,9 +75,10 @@ func value(r *http.Request, configured, query string) string {
 
 // values is like value for lists: the configured ones (placeholders
 // replaced, empty results dropped), else every value of the query
-// parameter, each possibly comma-separated.
-func values(r *http.Request, configured []string, query string) []string {
-	var out []string
+// parameter, each possibly comma-separated. empty reports configured
+// values that all came out empty (a placeholder with nothing behind it):
+// such a filter must match nothing, not everything.
+func values(r *http.Request, configured []string, query string) (out []string, empty bool) {
 	if len(configured) > 0 {
 		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		for _, c := range configured {
@@ -88,7 +89,7 @@ func values(r *http.Request, configured []string, query string) []string {
 				out = append(out, c)
 			}
 		}
-		return out
+		return out, len(out) == 0
 	}
 	for _, v := range r.URL.Query()[query] {
 		for _, p := range strings.Split(v, ",") {
@@ -97,7 +98,7 @@ func values(r *http.Request, configured []string, query string) []string {
 			}
 		}
 	}
-	return out
+	return out, false
 }
 
 // readBody reads at most limit bytes of the body; more is a 413.

@@ -2,8 +2,10 @@ package handlers
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -120,8 +122,12 @@ func (h *Poll) Validate() error {
 // Cleanup ends the handler's streams.
 func (h *Poll) Cleanup() error { h.cleanup(); return nil }
 
-// filter keeps events whose source and name match the lists.
-type filter struct{ sources, events []string }
+// filter keeps events whose source and name match the lists; none keeps
+// nothing (configured filters whose placeholders came out empty).
+type filter struct {
+	sources, events []string
+	none            bool
+}
 
 func match(patterns []string, s string) bool {
 	if len(patterns) == 0 {
@@ -135,8 +141,10 @@ func match(patterns []string, s string) bool {
 	return false
 }
 
-func (f filter) keep(e *events.Event) bool {
-	return match(f.sources, e.Source) && match(f.events, e.Name)
+func (f filter) keep(e *events.Event) bool { return f.match(e.Source, e.Name) }
+
+func (f filter) match(source, name string) bool {
+	return !f.none && match(f.sources, source) && match(f.events, name)
 }
 
 // ServeHTTP serves a stream or a long-poll.
@@ -153,12 +161,16 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		return writeError(w, http.StatusServiceUnavailable, fmt.Errorf("too many open polls and streams in this process (limit %d)", h.MaxStreams))
 	}
 	defer open.Add(-1)
-	f := filter{sources: values(r, h.Sources, "source"), events: values(r, h.Events, "event")}
+	var f filter
+	var noSources, noEvents bool
+	f.sources, noSources = values(r, h.Sources, "source")
+	f.events, noEvents = values(r, h.Events, "event")
+	f.none = noSources || noEvents
 	q := r.URL.Query()
 	since := bus.Tail()
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
 		id, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
+		if err != nil || id == math.MaxUint64 {
 			return writeError(w, http.StatusBadRequest, fmt.Errorf("Last-Event-ID %q is not an event id", v))
 		}
 		since = id + 1
@@ -175,7 +187,7 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	timeout := time.Duration(h.Timeout)
 	if v := q.Get("timeout"); v != "" {
 		d, err := parseTimeout(v)
-		if err != nil || d < 0 || d > time.Duration(h.MaxTimeout) {
+		if err != nil || d < 0 || d > time.Duration(h.MaxTimeout) || math.IsNaN(float64(d)) {
 			return writeError(w, http.StatusBadRequest, fmt.Errorf("timeout=%q: give a duration (30s) or seconds (30), at most %v", v, time.Duration(h.MaxTimeout)))
 		}
 		timeout = d
@@ -193,6 +205,9 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 
 func parseTimeout(v string) (time.Duration, error) {
 	if n, err := strconv.ParseFloat(v, 64); err == nil {
+		if math.IsNaN(n) || math.IsInf(n, 0) {
+			return 0, fmt.Errorf("not a number of seconds")
+		}
 		return time.Duration(n * float64(time.Second)), nil
 	}
 	return caddy.ParseDuration(v)
@@ -203,19 +218,28 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, bus *events.Bus,
 	defer timer.Stop()
 	page := EventsPage{Events: []EventJSON{}, Next: since}
 	for {
+		select { // checked on every round, not only when waiting
+		case <-timer.C:
+			return writeJSON(w, http.StatusOK, page)
+		case <-r.Context().Done():
+			return nil
+		case <-h.stopping.Done():
+			return writeJSON(w, http.StatusOK, page)
+		default:
+		}
 		changed := bus.Changed()
-		evs, next, lost := bus.Range(page.Next, limit-len(page.Events))
+		want := limit - len(page.Events)
+		evs, next, lost := bus.RangeFunc(page.Next, want, f.match)
+		progressed := next != page.Next
 		page.Next, page.Lost = next, page.Lost+lost
 		for i := range evs {
-			if f.keep(&evs[i]) {
-				page.Events = append(page.Events, NewEventJSON(&evs[i]))
-			}
+			page.Events = append(page.Events, NewEventJSON(&evs[i]))
 		}
-		if len(page.Events) > 0 || page.Lost > 0 || len(page.Events) >= limit {
+		if len(page.Events) > 0 || page.Lost > 0 {
 			return writeJSON(w, http.StatusOK, page)
 		}
-		if bus.Next() > page.Next && len(evs) > 0 {
-			continue // more to read already
+		if progressed {
+			continue // filtered records were skipped: there may be more to read
 		}
 		select {
 		case <-changed:
@@ -238,26 +262,37 @@ func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f
 	hd.Set("Content-Type", "text/event-stream")
 	hd.Set("Cache-Control", "no-cache")
 	hd.Set("X-Accel-Buffering", "no")
+	// A stream outlives any server write timeout; but a write to a client
+	// that stopped reading must not hold up a stop or a reload.
+	_ = rc.SetWriteDeadline(time.Time{})
+	stop := context.AfterFunc(h.stopping, func() { _ = rc.SetWriteDeadline(time.Now()) })
+	defer stop()
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
-		return err
+		return nil // the headers are out: nothing else can be said
 	}
 	keep := time.NewTicker(time.Duration(h.KeepAlive))
 	defer keep.Stop()
 	var buf bytes.Buffer
 	for {
+		select { // checked on every round, not only when waiting
+		case <-r.Context().Done():
+			return nil
+		case <-h.stopping.Done():
+			return nil
+		default:
+		}
 		changed := bus.Changed()
-		evs, next, lost := bus.Range(since, 1000)
+		evs, next, lost := bus.RangeFunc(since, 256, f.match)
 		buf.Reset()
 		if lost > 0 {
 			l, _ := json.Marshal(events.Loss{From: since, Count: lost, Reason: "overrun"})
 			fmt.Fprintf(&buf, "event: lost\ndata: %s\n\n", l)
 		}
 		for i := range evs {
-			if f.keep(&evs[i]) {
-				writeSSE(&buf, &evs[i])
-			}
+			writeSSE(&buf, &evs[i])
 		}
+		progressed := next != since
 		since = next
 		if buf.Len() > 0 {
 			if _, err := w.Write(buf.Bytes()); err != nil {
@@ -267,7 +302,7 @@ func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f
 				return nil
 			}
 		}
-		if len(evs) > 0 || lost > 0 {
+		if progressed {
 			continue
 		}
 		select {
@@ -293,7 +328,7 @@ func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f
 // writeSSE writes one event: its id, its name, and its payload as data
 // lines, split only where it holds line breaks.
 func writeSSE(buf *bytes.Buffer, e *events.Event) {
-	fmt.Fprintf(buf, "id: %d\nevent: %s\n", e.Seq, e.Name)
+	fmt.Fprintf(buf, "id: %d\nevent: %s\n", e.Seq, strings.NewReplacer("\r", " ", "\n", " ").Replace(e.Name))
 	data := e.Data
 	for {
 		i := bytes.IndexAny(data, "\r\n")

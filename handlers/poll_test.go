@@ -39,6 +39,9 @@ func TestFilter(t *testing.T) {
 	if !(filter{}).keep(&events.Event{Source: "x", Name: "y"}) {
 		t.Error("an empty filter drops events")
 	}
+	if (filter{none: true}).keep(&events.Event{Source: "x", Name: "y"}) {
+		t.Error("a configured filter that came out empty keeps events")
+	}
 }
 
 func TestDataJSON(t *testing.T) {

@@ -334,6 +334,14 @@ func TestHTTPErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	req, _ := http.NewRequest("GET", a.url("/events"), nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Last-Event-ID", "18446744073709551615")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 400 {
+		t.Fatalf("Last-Event-ID at the end of the sequence space: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	for _, c := range []struct {
 		method, path, ctype, body string
 		code                      int
@@ -342,6 +350,8 @@ func TestHTTPErrors(t *testing.T) {
 		{"POST", "/publish?source=s", "", "x", 400, "event is empty"},
 		{"POST", "/publish?source=s&event=e&unique=once", "", "again", 409, "duplicate unique key"},
 		{"POST", "/publish?source=s&event=e", "", strings.Repeat("x", 2000), 413, "request body over the limit of 1024 bytes"},
+		{"POST", "/publish?source=s&event=e", "application/json", "{bad", 400, "not valid JSON"},
+		{"POST", "/publish?source=s&event=x%0Aid:%209", "", "forged", 400, "holds a line break or NUL"},
 		{"GET", "/publish?source=s&event=e", "", "", 405, "method GET not allowed: use POST"},
 		{"POST", "/events", "", "", 405, "method POST not allowed: use GET"},
 		{"GET", "/events?since=abc", "", "", 400, `since=\"abc\" is not a sequence number`},
@@ -356,6 +366,9 @@ func TestHTTPErrors(t *testing.T) {
 		{"POST", "/alert?name=all", "", "data", 200, `"ok":true`},
 	} {
 		req, _ := http.NewRequest(c.method, a.url(c.path), strings.NewReader(c.body))
+		if c.ctype != "" {
+			req.Header.Set("Content-Type", c.ctype)
+		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
