@@ -329,9 +329,13 @@ func (a *App) Stop() error {
 	_ = a.bus.Close(time.Second)
 	_ = a.alerts.Close()
 	addEventStats(a.bus.Stats(), a.alerts.Stats())
-	a.bus, a.alerts = nil, nil
 	err := a.worker.Leave(reason)
 	addStats(a.worker.Stats())
+	// Nothing may touch the zone once the last reference to it goes (a
+	// handler or the forwarder may still hold the bus or the endpoint).
+	a.bus.Detach()
+	a.alerts.Detach()
+	a.bus, a.alerts = nil, nil
 	a.worker = nil
 	if _, derr := zones.Delete(a.poolK); err == nil {
 		err = derr

@@ -163,8 +163,8 @@ type Bus struct {
 
 	stop     atomic.Bool
 	done     chan struct{}
-	rmu      sync.RWMutex // pollers (Range, Tail) hold it to read the zone
-	shut     bool         // set under rmu by Close
+	rmu      sync.RWMutex // posts and pollers hold it to use the zone
+	shut     bool         // set under rmu by Detach
 	watched  atomic.Bool  // someone waits on Changed
 	nmu      sync.Mutex
 	notify   chan struct{}
@@ -317,11 +317,17 @@ func (b *Bus) Close(drain time.Duration) error {
 		<-b.done
 	}
 	b.notifyWatchers()
-	// No poller reads the zone after this: the mapping may go once Close returns.
+	return b.h.Close()
+}
+
+// Detach ends every use of the zone by this bus: after it returns, posts
+// fail with ErrClosed and pollers read nothing, so the zone may be
+// unmapped. (Close leaves posting possible, for the lifecycle events a
+// worker posts as it leaves.)
+func (b *Bus) Detach() {
 	b.rmu.Lock()
 	b.shut = true
 	b.rmu.Unlock()
-	return b.h.Close()
 }
 
 // PostOption modifies a post.
@@ -394,6 +400,11 @@ func (b *Bus) Post(source, event string, data any, opts ...PostOption) (uint64, 
 }
 
 func (b *Bus) post(source, event string, data any, opts []PostOption) (uint64, error) {
+	b.rmu.RLock()
+	defer b.rmu.RUnlock()
+	if b.shut {
+		return 0, ErrClosed
+	}
 	if err := validName("source", source); err != nil {
 		return 0, err
 	}

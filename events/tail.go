@@ -18,7 +18,7 @@ func (b *Bus) Range(since uint64, limit int) ([]Event, uint64, uint64) {
 
 // RangeFunc is Range keeping only the events for which keep(source, name)
 // is true (nil keeps all); the others are skipped before their payload is
-// read. After Close it returns nothing.
+// read. After Detach it returns nothing.
 func (b *Bus) RangeFunc(since uint64, limit int, keep func(source, name string) bool) ([]Event, uint64, uint64) {
 	b.rmu.RLock()
 	defer b.rmu.RUnlock()

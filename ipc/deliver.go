@@ -99,6 +99,14 @@ func (c *IPC) Close() error {
 	return nil
 }
 
+// Detach ends every use of the zone by this endpoint (after Close): sends
+// fail with ErrClosed from then on, so the zone may be unmapped.
+func (c *IPC) Detach() {
+	c.dmu.Lock()
+	c.detached = true
+	c.dmu.Unlock()
+}
+
 func (c *IPC) loop() {
 	defer close(c.done)
 	c.loopGID.Store(goid.Get())

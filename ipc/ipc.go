@@ -170,10 +170,12 @@ type IPC struct {
 	stop    atomic.Bool
 	done    chan struct{}
 
-	swept  time.Time
-	bmu    sync.Mutex
-	bounds map[int]bound // per target pid (0: broadcast), see admit
-	st     counters
+	swept    time.Time
+	dmu      sync.RWMutex // sends hold it to use the zone
+	detached bool         // set under dmu by Detach
+	bmu      sync.Mutex
+	bounds   map[int]bound // per target pid (0: broadcast), see admit
+	st       counters
 }
 
 type counters struct {

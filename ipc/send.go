@@ -52,6 +52,11 @@ func (c *IPC) Broadcast(name string, data []byte) error {
 }
 
 func (c *IPC) send(pid int, name string, data []byte) error {
+	c.dmu.RLock()
+	defer c.dmu.RUnlock()
+	if c.detached {
+		return ErrClosed
+	}
 	if err := validate(name, data); err != nil {
 		return err
 	}
