@@ -461,6 +461,9 @@ func (b *Bus) post(source, event string, data any, opts []PostOption) (uint64, e
 		if errors.Is(err, zone.ErrAbandoned) && attempt < 3 {
 			continue // readers gave up on us while we stalled: write it again
 		}
+		if err != nil && e.flags&flagBlob != 0 {
+			b.z.RemoveBlob(string(e.payload))
+		}
 		return seq, err
 	}
 }

@@ -32,19 +32,10 @@ func (c *IPC) SetWorkerSlot(i int) { c.slot.Store(int64(i)) }
 func (c *IPC) Start() error {
 	c.state.Lock()
 	defer c.state.Unlock()
-	if c.open {
-		return errors.New("ipc already started")
+	if c.open || c.stop.Load() {
+		return errors.New("ipc already started, or closed (an IPC cannot be restarted)")
 	}
-	owners.Lock()
-	c.handoff = c.ring.Tail()
-	if prev := owners.m[c.z.Path()]; prev != nil {
-		prev.skipLo.Store(c.handoff)
-		prev.skipHi.Store(math.MaxUint64)
-		c.prev = prev
-	}
-	owners.m[c.z.Path()] = c
-	owners.Unlock()
-	c.rd = c.ring.NewReader(c.handoff)
+	c.rd = c.ring.NewReader(0)
 	pid := uint64(c.o.PID)
 	c.rd.SetFilter(func(kind uint32, aux uint64) bool { return kind == RecordKind && (aux == 0 || aux == pid) })
 	c.rd.SetBell(Bell)
@@ -57,9 +48,26 @@ func (c *IPC) Start() error {
 	if c.o.Spin > 0 {
 		c.rd.SetSpin(c.o.Spin)
 	}
+	owners.Lock()
+	prev := owners.m[c.z.Path()]
+	if prev != nil {
+		// The hand-off point is taken under the old loop's skip lock, so
+		// that every record is either before it (the old worker's) or after
+		// it (this one's), never both.
+		prev.skipMu.Lock()
+		c.handoff = c.ring.Tail()
+		prev.skipLo, prev.skipHi = c.handoff, math.MaxUint64
+		prev.skipMu.Unlock()
+	} else {
+		c.handoff = c.ring.Tail()
+	}
+	c.prev = prev
+	c.rd.Seek(c.handoff)
+	owners.m[c.z.Path()] = c
+	owners.Unlock()
 	c.publish(c.handoff)
 	c.open = true
-	go c.loop()
+	go c.loop(prev)
 	return nil
 }
 
@@ -72,7 +80,8 @@ func (c *IPC) publish(next uint64) {
 
 // Close stops delivery. If this IPC handled the process's alerts while an
 // older one still runs (a rolled-back reload), the older one takes them
-// back from where this one stopped.
+// back from where this one stopped. Called from one of this IPC's own
+// handlers, it stops delivery without waiting for the handler to return.
 func (c *IPC) Close() error {
 	c.state.Lock()
 	defer c.state.Unlock()
@@ -82,17 +91,28 @@ func (c *IPC) Close() error {
 	c.open = false
 	c.stop.Store(true)
 	c.rd.Interrupt()
+	if c.loopGID.Load() == goid.Get() {
+		return nil // inside a handler: the loop ends when it returns
+	}
 	<-c.done
 	owners.Lock()
 	defer owners.Unlock()
+	for _, o := range owners.m {
+		if o.prev == c {
+			o.prev = nil // keep no chain of old endpoints alive
+		}
+	}
 	if owners.m[c.z.Path()] == c {
 		delete(owners.m, c.z.Path())
 		if p := c.prev; p != nil && !p.stop.Load() {
 			owners.m[c.z.Path()] = p
-			p.rewind.Store(c.rd.Next() + 1)
+			p.skipMu.Lock()
+			p.rewindTo, p.rewind = c.rd.Next(), true
+			p.skipMu.Unlock()
 			p.rd.Interrupt()
 		}
 	}
+	c.prev = nil
 	if i := c.slot.Load(); i >= 0 {
 		c.z.Worker(int(i)).AlertCursor.Store(0)
 	}
@@ -107,29 +127,47 @@ func (c *IPC) Detach() {
 	c.dmu.Unlock()
 }
 
-func (c *IPC) loop() {
+func (c *IPC) loop(prev *IPC) {
 	defer close(c.done)
 	c.loopGID.Store(goid.Get())
-	if p := c.prev; p != nil {
-		// FIFO across the hand-off: the old worker finishes first.
-		for !c.stop.Load() && !p.stop.Load() && p.next.Load() < c.handoff {
-			time.Sleep(100 * time.Microsecond)
+	if p := prev; p != nil {
+		// FIFO across the hand-off: the old worker finishes first. If it
+		// stops short of the hand-off, this one takes over from where it
+		// stopped.
+	wait:
+		for !c.stop.Load() && p.next.Load() < c.handoff {
+			select {
+			case <-p.done:
+				if n := p.next.Load(); n < c.handoff {
+					c.rd.Seek(n)
+				}
+				break wait
+			case <-time.After(100 * time.Microsecond):
+			}
 		}
-		c.prev = nil
 	}
-	a := &Alert{c: c}
 	for !c.stop.Load() {
-		if v := c.rewind.Swap(0); v != 0 {
-			c.rd.Seek(v - 1)
-			c.skipLo.Store(math.MaxUint64)
-		}
 		rec, st := c.rd.Read(time.Second)
+		c.skipMu.Lock()
+		if c.rewind {
+			// A newer worker stopped (a rolled-back reload): handle what it
+			// would have, from where it stopped, with no skip window. If
+			// that is behind this reader, seek back (the record just read
+			// is read again); else go on with the record just read.
+			c.skipLo, c.skipHi, c.rewind = math.MaxUint64, math.MaxUint64, false
+			if c.rewindTo < c.rd.Next() {
+				c.rd.Seek(c.rewindTo)
+				c.skipMu.Unlock()
+				continue
+			}
+		}
+		skip := st == zone.Got && rec.Seq >= c.skipLo && rec.Seq < c.skipHi
+		c.skipMu.Unlock()
 		switch st {
 		case zone.Got:
-			if lo := c.skipLo.Load(); rec.Seq >= lo && rec.Seq < c.skipHi.Load() {
-				break // a newer worker of this process handles it
+			if !skip { // else a newer worker of this process handles it
+				c.deliver(rec)
 			}
-			c.deliver(rec, a)
 		case zone.Overrun, zone.Gap:
 			c.st.lost.Add(rec.Lost)
 			c.log.Warn("alerts may have been lost", zap.Uint64("from", rec.Seq), zap.Uint64("count", rec.Lost), zap.Stringer("reason", st))
@@ -149,14 +187,14 @@ func (c *IPC) sweep() {
 	}
 }
 
-func (c *IPC) deliver(rec zone.Record, a *Alert) {
+func (c *IPC) deliver(rec zone.Record) {
 	b := rec.Data
 	if len(b) < 2 || b[1] == 0 || int(b[1]) > MaxNameLen || 2+int(b[1]) > len(b) || b[0]&^flagBlob != 0 {
 		c.log.Error("skipping a malformed alert record", zap.Uint64("seq", rec.Seq), zap.Uint32("pid", rec.PID))
 		return
 	}
 	n := int(b[1])
-	*a = Alert{Name: string(b[2 : 2+n]), Data: b[2+n:], Sender: int(rec.PID), SenderGeneration: int(rec.Gen), Broadcast: rec.Aux == 0, Seq: rec.Seq, c: c}
+	a := &Alert{Name: string(b[2 : 2+n]), Data: b[2+n:], Sender: int(rec.PID), SenderGeneration: int(rec.Gen), Broadcast: rec.Aux == 0, Seq: rec.Seq, c: c}
 	if b[0]&flagBlob != 0 {
 		data, err := c.z.ReadBlob(string(a.Data), MaxDataLen)
 		if err != nil {

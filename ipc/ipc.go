@@ -158,11 +158,13 @@ type IPC struct {
 	fallback atomic.Pointer[Handler]
 	hmu      sync.Mutex
 
-	// Hand-over between the workers of one process (see owner.go).
-	skipLo, skipHi atomic.Uint64 // alerts with skipLo ≤ seq < skipHi are another worker's
-	rewind         atomic.Uint64 // seq+1 to re-read from, set by a newer worker that stops first
-	prev           *IPC
-	handoff        uint64
+	// Hand-over between the workers of one process (see deliver.go).
+	skipMu         sync.Mutex
+	skipLo, skipHi uint64 // under skipMu: alerts with skipLo ≤ seq < skipHi are a newer worker's
+	rewind         bool   // under skipMu: a newer worker stopped first; re-read from rewindTo
+	rewindTo       uint64
+	prev           *IPC          // under owners' lock: the older worker of this process
+	handoff        uint64        // the first sequence this worker handles
 	next           atomic.Uint64 // the sequence the loop reads next, for the newer worker
 
 	loopGID atomic.Uint64
@@ -206,8 +208,7 @@ func New(o Options) (*IPC, error) {
 	}
 	c := &IPC{o: o, z: o.Zone, ring: r, log: o.Logger, done: make(chan struct{}), bounds: map[int]bound{}}
 	c.slot.Store(-1)
-	c.skipLo.Store(math.MaxUint64)
-	c.skipHi.Store(math.MaxUint64)
+	c.skipLo, c.skipHi = math.MaxUint64, math.MaxUint64
 	empty := map[string]Handler{}
 	c.handlers.Store(&empty)
 	return c, nil

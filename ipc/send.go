@@ -70,9 +70,10 @@ func (c *IPC) send(pid int, name string, data []byte) error {
 	head[1] = byte(len(name))
 	n := 2 + copy(head[2:], name)
 	payload := data
+	blob := ""
 	if len(data) > c.o.InlineLimit {
-		blob, err := c.z.PutBlob(data)
-		if err != nil {
+		var err error
+		if blob, err = c.z.PutBlob(data); err != nil {
 			return err
 		}
 		head[0] = flagBlob
@@ -83,6 +84,9 @@ func (c *IPC) send(pid int, name string, data []byte) error {
 		_, err := c.ring.Write(meta, head[:n], payload)
 		if err == zone.ErrAbandoned && attempt < 3 {
 			continue
+		}
+		if err != nil && blob != "" {
+			c.z.RemoveBlob(blob)
 		}
 		return err
 	}
@@ -135,23 +139,30 @@ type bound struct {
 	at         time.Time
 }
 
-// scan looks at the worker table: whether pid has a live worker, and the
-// largest lag among the alert receivers concerned (those of pid, or all for
-// a broadcast).
+// scan looks at the worker table: whether pid (0: any process) has a live
+// worker, and the largest lag among all alert receivers. Every record
+// moves every reader, so a send to one process can overrun another: the
+// lag of all of them counts. Hung workers are left out (they would hold
+// every sender for the whole timeout), and so is the caller's own worker
+// when it sends from one of its handlers (it cannot read on meanwhile).
 func (c *IPC) scan(pid int) (found bool, slowest int, lagRec, lagBytes uint64) {
+	self := int64(-1)
+	if c.loopGID.Load() != 0 && c.loopGID.Load() == goid.Get() {
+		self = c.slot.Load()
+	}
 	for i := 0; i < c.z.Workers(); i++ {
 		s := c.z.Worker(i)
-		if st := s.State.Load(); st != zone.WorkerLive && st != zone.WorkerHung {
+		st := s.State.Load()
+		if st != zone.WorkerLive && st != zone.WorkerHung {
 			continue
 		}
 		p := int(s.PID.Load())
-		if pid != 0 && p != pid {
-			continue
+		if pid == 0 || p == pid {
+			found = true
 		}
-		found = true
 		cur := s.AlertCursor.Load()
-		if cur == 0 {
-			continue // a worker without an alerts receiver
+		if cur == 0 || st == zone.WorkerHung || int64(i) == self {
+			continue // no alerts receiver, hung, or the caller itself
 		}
 		rec, bytes := c.ring.Lag(cur - 1)
 		if rec > lagRec || bytes > lagBytes {

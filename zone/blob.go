@@ -62,7 +62,8 @@ func (z *Zone) ReadBlob(name string, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("%q is not a blob of zone %s", name, z.path)
 	}
 	path := filepath.Join(filepath.Dir(z.path), name)
-	f, err := os.Open(path)
+	// Another process named it: no symlink, no FIFO that would block.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("reading blob: %w", err)
 	}
@@ -70,6 +71,9 @@ func (z *Zone) ReadBlob(name string, max int64) ([]byte, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("reading blob: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("blob %s is not a regular file", path)
 	}
 	if fi.Size() > max {
 		return nil, fmt.Errorf("blob %s is %d bytes, more than the limit of %d", path, fi.Size(), max)
@@ -79,6 +83,13 @@ func (z *Zone) ReadBlob(name string, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("reading blob %s: %w", path, err)
 	}
 	return b, nil
+}
+
+// RemoveBlob removes a blob written by PutBlob that will not be used.
+func (z *Zone) RemoveBlob(name string) {
+	if strings.HasPrefix(name, z.blobPrefix()) && !strings.ContainsAny(name, "/\x00") {
+		os.Remove(filepath.Join(filepath.Dir(z.path), name))
+	}
 }
 
 // SweepBlobs removes this zone's blob files last changed more than ttl ago
