@@ -153,118 +153,66 @@ func TestReceiveReplaceRemoveDefault(t *testing.T) {
 	}
 }
 
-// TestReloadHandOff: a second worker of the process starts while alerts
-// stream in; every alert is handled exactly once, in order, by one of them.
-func TestReloadHandOff(t *testing.T) {
-	z := openZone(t, 8<<20)
-	var mu sync.Mutex
-	var handled []int
-	var by [2]int
-	record := func(i int) Handler {
-		return func(a *Alert) {
-			var n int
-			fmt.Sscan(string(a.Data), &n)
+// TestHandOff streams 20,000 alerts to this process while a second worker
+// of it starts (a reload) and, in the rollback case, stops again (a failed
+// reload, so the first takes the alerts back). Either way every alert is
+// handled exactly once, in order.
+func TestHandOff(t *testing.T) {
+	for _, rollback := range []bool{false, true} {
+		name := map[bool]string{false: "reload", true: "rollback"}[rollback]
+		t.Run(name, func(t *testing.T) {
+			z := openZone(t, 8<<20)
+			var mu sync.Mutex
+			var handled []int
+			record := func(a *Alert) {
+				var n int
+				fmt.Sscan(string(a.Data), &n)
+				mu.Lock()
+				handled = append(handled, n)
+				mu.Unlock()
+			}
+			old, _ := endpoint(t, z, 1)
+			old.Receive("n", record)
+			old.Start()
+			const total = 20000
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for i := 0; i < total; i++ {
+					if err := old.Send(os.Getpid(), "n", []byte(fmt.Sprint(i))); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+			time.Sleep(2 * time.Millisecond)
+			nw, _ := endpoint(t, z, 2)
+			nw.Receive("n", record)
+			nw.Start()
+			if rollback {
+				time.Sleep(5 * time.Millisecond)
+				nw.Close()
+			}
+			<-done
+			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				mu.Lock()
+				n := len(handled)
+				mu.Unlock()
+				if n >= total {
+					break
+				}
+			}
+			time.Sleep(50 * time.Millisecond) // and no duplicate comes late
 			mu.Lock()
-			handled = append(handled, n)
-			by[i]++
-			mu.Unlock()
-		}
-	}
-	old, _ := endpoint(t, z, 1)
-	old.Receive("n", record(0))
-	old.Start()
-	const total = 20000
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; i < total; i++ {
-			if err := old.Send(os.Getpid(), "n", []byte(fmt.Sprint(i))); err != nil {
-				t.Error(err)
-				return
+			defer mu.Unlock()
+			if len(handled) != total {
+				t.Fatalf("handled %d alerts, want %d", len(handled), total)
 			}
-		}
-	}()
-	time.Sleep(2 * time.Millisecond)
-	nw, _ := endpoint(t, z, 2)
-	nw.Receive("n", record(1))
-	nw.Start()
-	<-done
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		mu.Lock()
-		n := len(handled)
-		mu.Unlock()
-		if n >= total || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	old.Close()
-	mu.Lock()
-	defer mu.Unlock()
-	if len(handled) != total {
-		t.Fatalf("handled %d alerts, want %d", len(handled), total)
-	}
-	for i, n := range handled {
-		if n != i {
-			t.Fatalf("alert %d handled at position %d", n, i)
-		}
-	}
-	t.Logf("old worker handled %d, new %d", by[0], by[1])
-}
-
-// TestRollbackHandBack: a newer worker takes over and is stopped again (a
-// failed reload) while alerts stream in; the older one handles the rest.
-// Every alert is handled exactly once, in order.
-func TestRollbackHandBack(t *testing.T) {
-	z := openZone(t, 8<<20)
-	var mu sync.Mutex
-	var handled []int
-	record := func(a *Alert) {
-		var n int
-		fmt.Sscan(string(a.Data), &n)
-		mu.Lock()
-		handled = append(handled, n)
-		mu.Unlock()
-	}
-	old, _ := endpoint(t, z, 1)
-	old.Receive("n", record)
-	old.Start()
-	const total = 20000
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; i < total; i++ {
-			if err := old.Send(os.Getpid(), "n", []byte(fmt.Sprint(i))); err != nil {
-				t.Error(err)
-				return
+			for i, n := range handled {
+				if n != i {
+					t.Fatalf("alert %d handled at position %d", n, i)
+				}
 			}
-		}
-	}()
-	time.Sleep(2 * time.Millisecond)
-	nw, _ := endpoint(t, z, 2)
-	nw.Receive("n", record)
-	nw.Start()
-	time.Sleep(5 * time.Millisecond)
-	nw.Close()
-	<-done
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		mu.Lock()
-		n := len(handled)
-		mu.Unlock()
-		if n >= total {
-			break
-		}
-	}
-	time.Sleep(50 * time.Millisecond) // and no duplicate comes late
-	mu.Lock()
-	defer mu.Unlock()
-	if len(handled) != total {
-		t.Fatalf("handled %d alerts, want %d", len(handled), total)
-	}
-	for i, n := range handled {
-		if n != i {
-			t.Fatalf("alert %d handled at position %d", n, i)
-		}
+		})
 	}
 }
