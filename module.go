@@ -277,7 +277,6 @@ func (a *App) Start() error {
 		return err
 	}
 	bus.SetOnCursor(w.SetCursor)
-	bus.SetWorkerSlot(w.Slot())
 	overflow := ipc.Block
 	if a.AlertOverflow == "drop" {
 		overflow = ipc.Drop

@@ -6,6 +6,7 @@
 //	go run ./bench alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false]
 //	go run ./bench pingpong -n N -size BYTES -k PONGS
 //	go run ./bench load -caddy ./caddy [-procs 2] [-mode sse|longpoll] [-s S] [-m M] [-size B] [-rate R | -conns C]
+//	go run ./bench chaos [-writers 3 -readers 2 -zone-size 1MiB -min 16 -max 0 -duration 60s -stops=true -kill=false -waitmax 100ms]
 //
 // It starts N worker processes on a fresh zone (plain Go processes using the
 // packages; no Caddy). Worker 0 posts K events of SIZE bytes (a burst, or
@@ -17,6 +18,15 @@
 // ipc.Broadcast. "pingpong" is ngx_lua_ipc's own benchmark: worker 0
 // broadcasts a ping, every other worker replies with a pong to the sender,
 // and each pong is answered with a new ping to its sender, until K pongs.
+//
+// "chaos" is not a speed test but the ring's adversarial correctness check
+// (package internal/chaos): writer processes write self-verifying records
+// of random sizes (-max 0: up to the ring's MaxRecord) as fast as they
+// can while the driver SIGSTOPs a random one for 1–100 ms, over and over,
+// and with -kill SIGKILLs one now and then and restarts it; reader
+// processes verify every byte of every record and account for every
+// sequence number. It prints one JSON line, and exits 1 when a reader was
+// handed a corrupt record or the accounting did not add up.
 package main
 
 import (
@@ -30,9 +40,12 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/ipcbus/caddy-ipcbus/internal/chaos"
 )
 
 func main() {
+	chaos.MaybeChild()
 	if os.Getenv("BENCH_WORKER") != "" {
 		os.Exit(worker())
 	}
@@ -46,8 +59,10 @@ func main() {
 		os.Exit(pingpongMain(os.Args[2:]))
 	case "load":
 		os.Exit(loadMain(os.Args[2:]))
+	case "chaos":
+		os.Exit(chaosMain(os.Args[2:]))
 	default:
-		fmt.Fprintln(os.Stderr, "usage: bench events|alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false] [-zone-size BYTES] [-spin D]\n       bench pingpong -n N -size BYTES -k PONGS\n       bench load -caddy BINARY [-procs 2] [-mode sse|longpoll] [-s SUBSCRIBERS] [-m MESSAGES] [-size BYTES] [-rate PER_S | -conns N]")
+		fmt.Fprintln(os.Stderr, "usage: bench events|alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false] [-zone-size BYTES] [-spin D]\n       bench pingpong -n N -size BYTES -k PONGS\n       bench load -caddy BINARY [-procs 2] [-mode sse|longpoll] [-s SUBSCRIBERS] [-m MESSAGES] [-size BYTES] [-rate PER_S | -conns N]\n       bench chaos [-writers 3 -readers 2 -zone-size 1MiB -min 16 -max 0 -duration 60s -stops=true -kill=false -waitmax 100ms]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(mode, flag.ExitOnError)

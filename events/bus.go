@@ -255,11 +255,6 @@ func New(o Options) (*Bus, error) {
 // skipped without being copied).
 func onlyEvents(kind uint32, _ uint64) bool { return kind == RecordKind }
 
-// SetWorkerSlot names this worker's slot in the zone's worker table (before
-// Start), so that a crash while the delivery goroutine sleeps does not
-// leave the doorbell counting it.
-func (b *Bus) SetWorkerSlot(i int) { b.rd.SetWorker(b.z.Worker(i)) }
-
 // SetOnCursor sets Options.OnCursor before Start.
 func (b *Bus) SetOnCursor(f func(next uint64)) { b.o.OnCursor = f }
 

@@ -39,9 +39,6 @@ func (c *IPC) Start() error {
 	pid := uint64(c.o.PID)
 	c.rd.SetFilter(func(kind uint32, aux uint64) bool { return kind == RecordKind && (aux == 0 || aux == pid) })
 	c.rd.SetBell(Bell)
-	if i := c.slot.Load(); i >= 0 {
-		c.rd.SetWorker(c.z.Worker(int(i)))
-	}
 	if c.o.WaitMax > 0 {
 		c.rd.SetWaitMax(c.o.WaitMax)
 	}

@@ -54,6 +54,9 @@ func (w *Worker) Beat(now time.Time) {
 // node lock by whichever worker sees them first.
 func (w *Worker) Probe(now time.Time) {
 	w.stats.probes.Add(1)
+	// A process killed while one of its readers slept leaves its bit on a
+	// doorbell: take it back, or every commit pays a wake-up call.
+	w.z.ReapMembers()
 	var suspects []int
 	for i := 0; i < w.z.Workers(); i++ {
 		if i == w.slot {
@@ -112,7 +115,6 @@ func (w *Worker) judgeLocked(i int, now time.Time) {
 	node := w.z.Node()
 	switch {
 	case !alive:
-		w.z.ReleaseWaiters(i)
 		s.ExitedAt.Store(now.UnixNano())
 		s.Reason.Store(uint32(ReasonCrash))
 		s.State.Store(zone.WorkerCrashed)

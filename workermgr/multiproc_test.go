@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 		}
 		// A reader of this worker asleep on the doorbell when it is killed.
 		rd := z.Ring().NewReader(z.Ring().Tail())
-		rd.SetWorker(z.Worker(w.Slot()))
+		_ = w
 		go rd.Read(time.Hour)
 		fmt.Println(w.ID())
 		time.Sleep(time.Hour)

@@ -216,9 +216,6 @@ func (w *Worker) join() error {
 	s.Missed.Store(0)
 	s.Cursor.Store(z.Ring().Tail())
 	s.AlertCursor.Store(0) // no alerts receiver until one starts
-	for b := range s.Armed {
-		s.Armed[b].Store(0)
-	}
 	w.epoch = node.Epoch.Load()
 	s.Epoch.Store(w.epoch)
 	s.State.Store(zone.WorkerLive)

@@ -1,6 +1,7 @@
 package zone
 
 import (
+	"math/bits"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -34,62 +35,65 @@ func futexWake(addr *atomic.Uint32, n int) {
 	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeOp, uintptr(n), 0, 0, 0)
 }
 
-// Doorbell is a futex word in shared memory with a count of sleepers, so
-// that ringing it costs nothing when nobody sleeps.
-type Doorbell struct {
-	word    *atomic.Uint32
-	waiters *atomic.Uint32
-}
+// Doorbell is a futex word in the zone with the set of members that have a
+// reader asleep on it, so that ringing it costs nothing when nobody sleeps.
+// A member's bit is set by its process while one of its readers sleeps, and
+// cleared by it after, or by anyone who finds the member dead
+// (Zone.ReapMembers): a reader killed asleep never leaves a bell ringing
+// forever.
+type Doorbell struct{ b *bell }
 
-// Arm registers the caller as a sleeper and returns the doorbell value to
-// pass to Sleep. The caller must check its condition after Arm and before
-// Sleep, and call Disarm after.
-func (d Doorbell) Arm() uint32 {
-	d.waiters.Add(1)
-	return d.word.Load()
-}
+// Doorbell is the zone's doorbell i (0 ≤ i < NumBells).
+func (z *Zone) Doorbell(i int) Doorbell { return Doorbell{&z.hdr.bells[i%NumBells]} }
 
-// Sleep waits until the doorbell rings after Arm returned v, or for at most dur.
-func (d Doorbell) Sleep(v uint32, dur time.Duration) {
-	futexWait(d.word, v, dur)
-}
-
-// Disarm unregisters a sleeper.
-func (d Doorbell) Disarm() { d.waiters.Add(^uint32(0)) }
-
-// Ring wakes every sleeper, if there is any.
-func (d Doorbell) Ring() {
-	if d.waiters.Load() == 0 {
-		return
+// Sleepers is the number of members with a reader asleep on the doorbell.
+func (d Doorbell) Sleepers() int {
+	n := 0
+	for k := range d.b.sleepers {
+		n += bits.OnesCount64(d.b.sleepers[k].Load())
 	}
-	d.word.Add(1)
-	futexWake(d.word, 1<<30)
+	return n
 }
 
-// Doorbell is the zone's doorbell i (0 ≤ i < NumBells), rung after the
-// commits of records written with that Meta.Bell.
-func (z *Zone) Doorbell(i int) Doorbell {
-	b := &z.hdr.bells[i%NumBells]
-	return Doorbell{word: &b.word, waiters: &b.waiters}
+// asleep reports whether any member sleeps on the doorbell.
+func (b *bell) asleep() bool {
+	s := &b.sleepers
+	return s[0].Load()|s[1].Load()|s[2].Load()|s[3].Load() != 0
 }
 
-// Sleepers is the number of readers counted asleep on the doorbell.
-func (d Doorbell) Sleepers() uint32 { return d.waiters.Load() }
+// ring wakes every sleeper, if there is any.
+func (b *bell) ring() {
+	if b.asleep() {
+		b.word.Add(1)
+		futexWake(&b.word, 1<<30)
+	}
+}
 
 // Wake wakes every sleeper, whether or not one is counted.
 func (d Doorbell) Wake() {
-	d.word.Add(1)
-	futexWake(d.word, 1<<30)
+	d.b.word.Add(1)
+	futexWake(&d.b.word, 1<<30)
 }
 
-// ReleaseWaiters takes the sleeps counted in worker slot i off the
-// doorbells' waiter counts. Call it once the worker is known dead (its
-// liveness lock is gone), under the node lock.
-func (z *Zone) ReleaseWaiters(i int) {
-	ws := z.Worker(i)
-	for b := range ws.Armed {
-		if n := ws.Armed[b].Swap(0); n > 0 {
-			z.hdr.bells[b].waiters.Add(-n)
-		}
+// arm marks this member asleep on bell b (the first of its readers sets the
+// bit) and returns the futex value to sleep on. The caller checks its
+// condition after arm and before sleeping, and calls disarm after: a commit
+// after the check bumps the word, so the sleep returns at once.
+func (r *Ring) arm(b int) uint32 {
+	r.sleepMu.Lock()
+	if r.asleep[b] == 0 {
+		r.hdr.bells[b].sleepers[r.self/64].Or(1 << (r.self % 64))
 	}
+	r.asleep[b]++
+	r.sleepMu.Unlock()
+	return r.hdr.bells[b].word.Load()
+}
+
+func (r *Ring) disarm(b int) {
+	r.sleepMu.Lock()
+	r.asleep[b]--
+	if r.asleep[b] == 0 {
+		r.hdr.bells[b].sleepers[r.self/64].And(^uint64(1 << (r.self % 64)))
+	}
+	r.sleepMu.Unlock()
 }

@@ -1,14 +1,15 @@
 package zone
 
 import (
+	"strconv"
 	"sync/atomic"
 	"unsafe"
 )
 
-// The zone file, layout version 6. All integers are little-endian
-// (the host's order: a zone is never shared across machines). Offsets are
-// from the start of the file. Every area starts on a 64-byte boundary so that
-// the atomic words are aligned and hot words do not share a cache line.
+// The zone file, layout version 7. All integers are little-endian (the
+// host's order: a zone is never shared across machines). Offsets are from the
+// start of the file. Every area starts on a 64-byte boundary, so the atomic
+// words are aligned and hot words do not share a cache line.
 //
 //	offset      size            what
 //	0           4096            header page (type header below)
@@ -22,36 +23,61 @@ import (
 //	  44        4                 worker slot size (128)
 //	  48        8                 ring index offset
 //	  56        8                 ring index slots (a power of two)
-//	  64        8                 ring data offset
-//	  72        8                 ring data size in bytes (a multiple of 64)
-//	  80        8                 largest record the ring takes, in bytes
+//	  64        8                 segment data offset (a multiple of 4096)
+//	  72        8                 segment data size in bytes (segments × segment size)
+//	  80        8                 largest record payload the ring takes, in bytes
 //	  88        8                 unique table offset
 //	  96        4                 unique slots (UniqueSlots)
 //	  100       4                 unique slot size (64)
-//	  104       24                reserved, zero
-//	  128       8                 ring tail: the next sequence number to hand out (atomic)
-//	  192       8                 ring data tail: the next data byte position to hand out (atomic)
-//	  256       4                 doorbell 0: futex word, bumped after a commit when a reader sleeps
-//	  260       4                 waiters on doorbell 0
-//	  264       4                 doorbell 1 (records written with Meta.Bell 1: IPC alerts)
-//	  268       4                 waiters on doorbell 1
-//	  320       128               node area (type Node)
-//	  448       3648              reserved, zero
+//	  104       8                 member table offset
+//	  112       4                 member slots (MaxMembers)
+//	  116       4                 member slot size (64)
+//	  120       8                 segment table offset
+//	  128       4                 segments
+//	  132       4                 segment size in bytes (a power of two, 16 KiB to 4 MiB)
+//	  136       56                reserved, zero
+//	  192       8                 ring tail: the next sequence number to hand out (atomic)
+//	  200       56                reserved, zero (the tail has the cache line to itself)
+//	  256       8                 data tail: segment bytes handed out by leases so far (atomic)
+//	  264       8                 lease cursor: segment leases tried so far; the next try is
+//	                              at cursor mod segments (atomic)
+//	  272       48                reserved, zero
+//	  320       3 × 64            doorbells (type bell), one cache line each:
+//	    +0      4                   futex word, bumped after a commit when a member sleeps on it
+//	    +4      4                   reserved, zero
+//	    +8      32                  sleepers: bit i set while member i has a reader asleep on it
+//	    +40     24                  reserved, zero
+//	512         128               node area (type Node)
+//	640         3456              reserved, zero
 //	4096        256 × 128       worker table (type WorkerSlot)
-//	36864       4096 × 64       unique table (type uniqueSlot): run-once keys of the events bus
-//	…           slots × 64      ring index (type indexSlot)
-//	…           data size       ring data: record payloads, 8-byte aligned, wrapping
+//	36864       256 × 64        member table (type MemberSlot): one per process mapping
+//	53248       4096 × 64       unique table (type uniqueSlot): run-once keys of the events bus
+//	315392      slots × 16      ring index (type indexSlot)
+//	…           segments × 16   segment table (type segSlot)
+//	…           data size       segment data, from a page boundary: segments of segment size
+//
+// A record is a frame in one segment (type frame: a 40-byte header and the
+// payload, 8-byte aligned) plus its index slot, which names the frame by
+// {segment, lease generation, offset}. Only the lessee of a segment writes
+// into it, and a segment is leased again (its generation bumped) only when its
+// lessee released it or is dead: every byte a reader copies was written by
+// the record's own writer, which the reader proves by checking the
+// segment's generation before and after its copy and the frame's sequence
+// number against the index slot.
 //
 // The file's own bytes are also used as lock targets (OFD byte-range locks,
-// which do not touch the contents): byte 0 is the node lock, and the first
-// byte of worker slot i is that worker's liveness lock.
+// which do not touch the contents): byte 0 is the node lock, the first byte
+// of worker slot i is that worker's liveness lock, and the first byte of
+// member slot i is that member's.
 const (
 	// LayoutVersion is bumped whenever the meaning or position of any field changes.
-	LayoutVersion = 6
+	LayoutVersion = 7
 
 	headerSize     = 4096
 	workerSlotSize = 128
-	indexSlotSize  = 64
+	memberSlotSize = 64
+	indexSlotSize  = 16
+	segSlotSize    = 16
 	uniqueSlotSize = 64
 
 	// UniqueSlots is the number of run-once keys a zone holds at once.
@@ -59,18 +85,32 @@ const (
 
 	// NumBells is the number of doorbells: readers of different record
 	// kinds sleep on different ones, so that a commit wakes only readers
-	// that want it.
-	NumBells = 2
+	// that want it. Bell 0 is events', bell 1 alerts', and bell 2
+	// (bellAny) is rung by every commit, for readers blocked on a record
+	// not yet committed, whose kind they cannot know.
+	NumBells = 3
+	bellAny  = 2
 
 	// MaxWorkers is the number of worker slots in a zone.
 	MaxWorkers = 256
 
-	// MinSize and MaxSize bound the zone size a config may ask for.
+	// MaxMembers is the number of processes (zone mappings) that can
+	// attach to a zone for writing at once.
+	MaxMembers = 256
+
+	// MinSize and MaxSize bound the zone size a config may ask for. A
+	// 32-bit build maps at most 1 GiB.
 	MinSize = 1 << 20
-	MaxSize = 64 << 30
+	MaxSize = 1 << (30 + 6*(strconv.IntSize/64))
 
 	// nodeLockByte is the byte of the zone file locked by the node lock.
 	nodeLockByte = 0
+
+	minSegSize = 16 << 10
+	maxSegSize = 4 << 20
+	maxSegs    = 1 << locSegBits
+	// maxTail bounds the sequence numbers: a tail beyond it is damage.
+	maxTail = 1 << 60
 )
 
 var magic = [8]byte{'I', 'P', 'C', 'B', 'U', 'S', 'Z', 0}
@@ -93,19 +133,30 @@ type header struct {
 	UniqueOff      uint64
 	UniqueSlots    uint32
 	UniqueSlotSize uint32
-	_              [24]byte
+	MemberOff      uint64
+	MemberSlots    uint32
+	MemberSlotSize uint32
+	SegOff         uint64
+	Segments       uint32
+	SegSize        uint32
+	_              [56]byte
 
 	tail     atomic.Uint64
 	_        [56]byte
 	dataTail atomic.Uint64
-	_        [56]byte
-	bells    [NumBells]struct {
-		word    atomic.Uint32
-		waiters atomic.Uint32
-	}
-	_ [48]byte
+	leaseCur atomic.Uint64
+	_        [48]byte
+	bells    [NumBells]bell
 
 	node Node
+}
+
+// bell is one doorbell: a futex word and the members asleep on it.
+type bell struct {
+	word     atomic.Uint32
+	_        uint32
+	sleepers [MaxMembers / 64]atomic.Uint64
+	_        [24]byte
 }
 
 // Node is the node area of a zone: the state of the node and the counters
@@ -138,7 +189,9 @@ type Node struct {
 	// AlertsDiscarded counts IPC alerts addressed to workers found crashed
 	// before they read them.
 	AlertsDiscarded atomic.Uint64
-	_               [32]byte
+	// Reclaimed counts segments taken back from dead lessees.
+	Reclaimed atomic.Uint64
+	_         [24]byte
 }
 
 // Node states.
@@ -177,12 +230,7 @@ type WorkerSlot struct {
 	// AlertCursor is the ring sequence the worker's IPC reader reads next;
 	// senders hold back when it lags too far (backpressure).
 	AlertCursor atomic.Uint64
-	// Armed counts, per doorbell, the worker's readers asleep on it: when the
-	// worker is found crashed they are taken off the doorbell's waiter
-	// count, which would otherwise stay high and make every commit pay for
-	// a wake-up call.
-	Armed [NumBells]atomic.Uint32
-	_     [48]byte
+	_           [56]byte
 }
 
 // Worker slot states.
@@ -194,31 +242,32 @@ const (
 	WorkerHung    = 4
 )
 
-// indexSlot is one entry of the ring index, 64 bytes: one cache line.
+// MemberSlot is one entry of the member table, 64 bytes: a process's
+// mapping of the zone that may write and sleep. It is held by the member's
+// liveness lock (the slot's first byte); only the holder writes it.
+type MemberSlot struct {
+	// PID is the process id of the member.
+	PID atomic.Uint32
+	_   uint32
+	// JoinedAt is when the member took the slot, Unix ns.
+	JoinedAt atomic.Int64
+	// Leases counts the segments the member leased.
+	Leases atomic.Uint64
+	_      [40]byte
+}
+
+// indexSlot is one entry of the ring index, 16 bytes. Writers of
+// sequences a whole index apart share it; the state word says whose it is.
 type indexSlot struct {
-	// state is (seq+1)<<2 | st with st one of stWriting, stCommitted, stAbandoned;
-	// 0 means never written.
+	// state is (seq+1)<<2 | st with st one of stWriting, stCommitted,
+	// stAbandoned; 0 means never written.
 	state atomic.Uint64
-	// dpos is the absolute data position of the payload (taken modulo the data size).
-	dpos uint64
-	// length is the payload length in bytes.
-	length uint32
-	// kind is a record type for the layers above (events, alerts).
-	kind uint32
-	// pid and gen identify the writer.
-	pid uint32
-	gen uint32
-	// time is when the writer claimed the slot, Unix ns.
-	time int64
-	// aux is for the layers above (a target pid, flags).
-	aux uint64
-	// check mixes seq with the fields above: a writer that was overtaken
-	// (stalled past a lap of the index) and whose late stores land on a
-	// newer record's slot makes that record fail the check, so a reader
-	// counts it lost rather than returning mixed fields. (Payload bytes are
-	// not summed: a writer re-checks its data reservation before copying.)
-	check uint32
-	_     [12]byte
+	// loc names the record's frame: locWord(segment generation, segment,
+	// offset). A writer stores it after claiming the slot and before
+	// committing; a writer stalled past a lap of the index may store its own
+	// loc over a newer record's, which readers then see as a frame of
+	// another sequence and count lost.
+	loc atomic.Uint64
 }
 
 const (
@@ -231,47 +280,126 @@ func stateWord(seq uint64, st uint64) uint64 { return (seq+1)<<2 | st }
 func stateSeq(w uint64) uint64               { return w >> 2 } // seq+1, 0 when never written
 func stateSt(w uint64) uint64                { return w & 3 }
 
+// loc packs a record's place: the low 30 bits of its segment's lease
+// generation, the segment number (15 bits) and the offset in the segment in
+// 8-byte units (19 bits: up to 4 MiB).
+const (
+	locOffBits = 19
+	locSegBits = 15
+	locGenBits = 30
+	locGenMask = 1<<locGenBits - 1
+)
+
+func locWord(gen uint32, seg uint32, off uint64) uint64 {
+	return uint64(gen&locGenMask)<<(locSegBits+locOffBits) | uint64(seg)<<locOffBits | off>>3
+}
+
+func locSplit(l uint64) (gen uint32, seg uint32, off uint64) {
+	return uint32(l >> (locSegBits + locOffBits)), uint32(l>>locOffBits) & (maxSegs - 1), (l & (1<<locOffBits - 1)) << 3
+}
+
+// segSlot is one entry of the segment table, 16 bytes.
+type segSlot struct {
+	// lease is gen<<32 | owner: the segment's lease generation (bumped by
+	// every new lease, before the lessee writes anything) and its lessee,
+	// member index + 1 (0: free). Only the lessee of the current generation
+	// writes the segment's bytes; it clears the owner once its writes are
+	// all done. A segment whose lessee's liveness lock is gone is leased
+	// again by whoever finds it.
+	lease atomic.Uint64
+	// base is the data tail when the lease began: the position of the
+	// segment's first byte in the stream of all data handed out (for lag in
+	// bytes).
+	base atomic.Uint64
+}
+
+func leaseWord(gen uint32, owner uint32) uint64 { return uint64(gen)<<32 | uint64(owner) }
+func leaseGen(w uint64) uint32                  { return uint32(w >> 32) }
+func leaseOwner(w uint64) uint32                { return uint32(w) }
+
+// frame is a record's header at the start of its place in a segment,
+// 40 bytes, followed by the payload. The whole frame is written by the
+// segment's lessee before the record is published in its index slot.
+type frame struct {
+	// seq is the record's sequence number.
+	seq uint64
+	// length is the payload length in bytes.
+	length uint32
+	// kind is a record type for the layers above (events, alerts).
+	kind uint32
+	// pid and gen identify the writer.
+	pid uint32
+	gen uint32
+	// time is when the record was written, Unix ns.
+	time int64
+	// aux is for the layers above (a target pid, flags).
+	aux uint64
+}
+
+const frameSize = 40
+
 // geometry is the layout derived from a size; it is recomputed on attach and
 // compared with the header, so a header is never trusted on its own.
 type geometry struct {
 	size        uint64
 	workerOff   uint64
+	workerSlots uint64
+	memberOff   uint64
+	uniqueOff   uint64
 	indexOff    uint64
 	indexSlots  uint64
+	segOff      uint64
+	segments    uint64
+	segSize     uint64
 	dataOff     uint64
 	dataSize    uint64
 	maxRecord   uint64
-	workerSlots uint64
-	uniqueOff   uint64
 }
 
-// layoutFor computes the geometry of a zone of the given size: one index slot
-// per 512 bytes of zone (rounded down to a power of two), the rest for data.
+// layoutFor computes the geometry of a zone of the given size: one index
+// slot per 512 bytes of zone (rounded down to a power of two), and the rest
+// in segments of the largest power of two (16 KiB to 4 MiB) that makes at
+// least 16 of them. A record, frame header included, takes at most a
+// quarter of a segment, so a lease wastes at most a quarter at its end.
 func layoutFor(size uint64) geometry {
 	g := geometry{size: size, workerOff: headerSize, workerSlots: MaxWorkers}
-	g.uniqueOff = g.workerOff + MaxWorkers*workerSlotSize
+	g.memberOff = g.workerOff + MaxWorkers*workerSlotSize
+	g.uniqueOff = g.memberOff + MaxMembers*memberSlotSize
 	g.indexOff = g.uniqueOff + UniqueSlots*uniqueSlotSize
 	n := uint64(1)
 	for n*2 <= size/512 {
 		n *= 2
 	}
 	g.indexSlots = n
-	g.dataOff = g.indexOff + n*indexSlotSize
-	g.dataSize = (size - g.dataOff) &^ 63
-	g.maxRecord = g.dataSize / 8
-	if g.maxRecord > 4<<20 {
-		g.maxRecord = 4 << 20
+	g.segOff = g.indexOff + n*indexSlotSize
+	rest := size - g.segOff
+	g.segSize = minSegSize
+	for g.segSize*2 <= rest/16 && g.segSize*2 <= maxSegSize {
+		g.segSize *= 2
 	}
+	g.segments = min(rest/(g.segSize+segSlotSize), maxSegs-1)
+	for {
+		g.dataOff = (g.segOff + g.segments*segSlotSize + 4095) &^ 4095
+		if g.dataOff+g.segments*g.segSize <= size {
+			break
+		}
+		g.segments--
+	}
+	g.dataSize = g.segments * g.segSize
+	g.maxRecord = g.segSize/4 - frameSize
 	return g
 }
 
 func init() {
 	// The overlays must have exactly the sizes the layout documents.
-	if unsafe.Sizeof(header{}) > headerSize || unsafe.Offsetof(header{}.tail) != 128 ||
-		unsafe.Offsetof(header{}.dataTail) != 192 || unsafe.Offsetof(header{}.bells) != 256 ||
-		unsafe.Offsetof(header{}.node) != 320 || unsafe.Sizeof(Node{}) != 128 ||
-		unsafe.Sizeof(WorkerSlot{}) != workerSlotSize || unsafe.Sizeof(indexSlot{}) != indexSlotSize ||
-		unsafe.Sizeof(uniqueSlot{}) != uniqueSlotSize || unsafe.Offsetof(header{}.UniqueOff) != 88 {
+	var h header
+	if unsafe.Sizeof(h) > headerSize || unsafe.Offsetof(h.SegSize) != 132 || unsafe.Offsetof(h.tail) != 192 ||
+		unsafe.Offsetof(h.dataTail) != 256 || unsafe.Offsetof(h.leaseCur) != 264 || unsafe.Offsetof(h.bells) != 320 ||
+		unsafe.Sizeof(bell{}) != 64 || unsafe.Offsetof(h.node) != 512 || unsafe.Sizeof(Node{}) != 128 ||
+		unsafe.Sizeof(WorkerSlot{}) != workerSlotSize || unsafe.Sizeof(MemberSlot{}) != memberSlotSize ||
+		unsafe.Sizeof(indexSlot{}) != indexSlotSize || unsafe.Sizeof(segSlot{}) != segSlotSize ||
+		unsafe.Sizeof(frame{}) != frameSize || unsafe.Sizeof(uniqueSlot{}) != uniqueSlotSize ||
+		layoutFor(MinSize).indexOff != 315392 || maxSegSize>>3 > 1<<locOffBits {
 		panic("zone: layout overlays do not match the documented layout")
 	}
 }

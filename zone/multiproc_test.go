@@ -76,6 +76,22 @@ func helperMain(role string) int {
 		fmt.Println(p.Seq())
 		time.Sleep(time.Hour)
 		return 0
+	case "sleeper":
+		// A reader asleep on doorbell 0 until it is killed.
+		rd := r.NewReader(r.Tail())
+		fmt.Println("ready")
+		for {
+			rd.Read(time.Hour)
+		}
+	case "lessee":
+		// Leases a segment with one record, then waits to be killed.
+		if _, err := r.Write(Meta{}, []byte("mine")); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println("ready")
+		time.Sleep(time.Hour)
+		return 0
 	case "counter":
 		// Counts records from ZONE_START until ZONE_TOTAL have been read or lost.
 		rd := r.NewReader(uint64(envInt("ZONE_START")))

@@ -3,6 +3,7 @@ package zone
 import (
 	"sync/atomic"
 	"time"
+	"unsafe"
 	_ "unsafe" // for go:linkname
 
 	"golang.org/x/sys/unix"
@@ -71,13 +72,23 @@ type Reader struct {
 	r       *Ring
 	next    uint64
 	buf     []byte
-	waitMax time.Duration
+	waitMax int64
 	spin    time.Duration
 	filter  func(kind uint32, aux uint64) bool
 	bell    int
-	armed   *atomic.Uint32
-	since   time.Time // when the current Waiting began
-	fence   atomic.Uint64
+	// since is when the reader first found an uncommitted record (monotonic
+	// ns, 0: not waiting), and horizon the tail it saw then: every sequence
+	// below horizon was taken before since, so once WaitMax has passed
+	// since then, each of them still uncommitted is abandoned at once, and
+	// K dead writers cost one WaitMax, not K.
+	since, horizon uint64
+	// tail is the ring's tail as last loaded: the reader reloads it only
+	// when its cursor reaches it, so a burst costs no miss on the writers'
+	// busiest cache line per record.
+	tail  uint64
+	fence atomic.Uint64
+	// sleeping is the bell the reader sleeps on, -1 when awake.
+	sleeping atomic.Int32
 	// interrupted is set by Interrupt, from any goroutine.
 	interrupted atomic.Bool
 	// Totals, for stats.
@@ -88,14 +99,16 @@ type Reader struct {
 // only what is written from now on; a start older than the ring holds reads
 // as an Overrun first.
 func (r *Ring) NewReader(start uint64) *Reader {
-	return &Reader{r: r, next: start, waitMax: DefaultWaitMax, spin: DefaultSpin}
+	rd := &Reader{r: r, next: start, waitMax: int64(DefaultWaitMax), spin: DefaultSpin}
+	rd.sleeping.Store(-1)
+	return rd
 }
 
 // SetWaitMax sets how long the reader waits on an uncommitted record before
 // it skips it as a gap.
 func (rd *Reader) SetWaitMax(d time.Duration) {
 	if d > 0 {
-		rd.waitMax = d
+		rd.waitMax = int64(d)
 	}
 }
 
@@ -105,17 +118,33 @@ func (rd *Reader) Next() uint64 { return rd.next }
 // Counts returns the records read, lost to overruns and lost to gaps.
 func (rd *Reader) Counts() (read, overrun, gaps uint64) { return rd.read, rd.overrun, rd.gaps }
 
+// advance moves the cursor to seq, ending the wait when seq is past the
+// horizon.
+func (rd *Reader) advance(seq uint64) {
+	rd.next = seq
+	if seq >= rd.horizon {
+		rd.since = 0
+	}
+}
+
 // TryRead reads the next record without sleeping.
 func (rd *Reader) TryRead() (Record, Status) {
 	r := rd.r
 	for {
 		seq := rd.next
-		tail := r.hdr.tail.Load()
+		tail := rd.tail
+		if seq >= tail || tail-seq > r.slots {
+			tail = r.hdr.tail.Load()
+			rd.tail = tail
+		}
+		if tail >= maxTail {
+			return Record{Seq: seq}, Empty // damaged: never loop on it
+		}
 		if seq >= tail {
 			if seq > tail {
 				// A cursor from the future (a zone recreated under a reader)
 				// restarts at the tail.
-				rd.next = tail
+				rd.next, rd.since = tail, 0
 			}
 			return Record{Seq: rd.next}, Empty
 		}
@@ -126,124 +155,127 @@ func (rd *Reader) TryRead() (Record, Status) {
 		w := s.state.Load()
 		switch {
 		case stateSeq(w) > seq+1:
+			tail = r.hdr.tail.Load()
+			rd.tail = tail
 			return rd.skipTo(max(seq+1, tail-min(tail, r.slots)))
 		case stateSeq(w) == seq+1 && stateSt(w) == stCommitted:
-			if rd.filter != nil && !rd.filter(s.kind, s.aux) {
-				// Skipped, once it is sure the fields it judged were seq's
-				// (kept records are checked by copyOut).
-				rd.fence.Add(0)
-				if s.state.Load() != w {
-					return rd.skipTo(seq + 1)
-				}
-				rd.next = seq + 1
-				rd.since = time.Time{}
-				continue
-			}
-			rec, ok := rd.copyOut(seq, s, w)
+			m, ok := r.locate(seq, s)
 			if !ok {
 				return rd.skipTo(seq + 1)
 			}
-			rd.next = seq + 1
-			rd.since = time.Time{}
+			if rd.filter != nil && !rd.filter(m.kind, m.aux) {
+				// Skipped, once it is sure the fields it judged were seq's.
+				rd.fence.Add(0)
+				if !r.intact(m) {
+					return rd.skipTo(seq + 1)
+				}
+				rd.advance(seq + 1)
+				continue
+			}
+			rd.buf = append(rd.buf[:0], r.data[m.at:m.at+uint64(m.length)]...)
+			// Order the copy before the check (a no-op RMW is a full
+			// barrier on every platform Go runs on).
+			rd.fence.Add(0)
+			if !r.intact(m) {
+				return rd.skipTo(seq + 1)
+			}
+			rd.advance(seq + 1)
 			rd.read++
-			return rec, Got
+			return Record{Seq: seq, Kind: m.kind, PID: m.pid, Gen: m.gen, Aux: m.aux, Time: m.time, Data: rd.buf}, Got
 		case stateSeq(w) == seq+1 && stateSt(w) == stAbandoned:
-			rd.next = seq + 1
-			rd.since = time.Time{}
+			rd.advance(seq + 1)
 			rd.gaps++
 			return Record{Seq: seq, Lost: 1}, Gap
 		}
-		// Reserved, not committed yet (or not even claimed).
-		now := time.Now()
-		if rd.since.IsZero() {
-			rd.since = now
+		// Taken, not committed yet.
+		now := uint64(nanotime())
+		if rd.since == 0 {
+			rd.since, rd.horizon = now, tail
 			return Record{Seq: seq}, Waiting
 		}
-		if now.Sub(rd.since) < rd.waitMax {
+		if now-rd.since < uint64(rd.waitMax) {
 			return Record{Seq: seq}, Waiting
 		}
 		if s.state.CompareAndSwap(w, stateWord(seq, stAbandoned)) {
 			r.node.Gaps.Add(1)
+			r.hdr.bells[bellAny].ring()
 		}
 	}
+}
+
+// frameMeta is a validated copy of a frame's header, with where it was
+// read: the payload's position in the data area, and the segment and the
+// lease generation it was read in.
+type frameMeta struct {
+	frame
+	at   uint64
+	seg  uint32
+	lgen uint32
+}
+
+// locate finds the frame that index slot s names for seq, and checks that
+// it is seq's: a segment in bounds, leased in the generation the slot
+// names, and a frame that carries seq and fits the segment. It trusts
+// nothing in shared memory. The caller copies what it needs and then
+// calls intact.
+func (r *Ring) locate(seq uint64, s *indexSlot) (frameMeta, bool) {
+	gen, seg, off := locSplit(s.loc.Load())
+	if uint64(seg) >= r.segments {
+		return frameMeta{}, false
+	}
+	if leaseGen(r.seg(seg).lease.Load())&locGenMask != gen {
+		return frameMeta{}, false
+	}
+	m, ok := decodeFrame(r.data[uint64(seg)*r.segSize:(uint64(seg)+1)*r.segSize], off, r.maxRecord)
+	if !ok || m.seq != seq {
+		return frameMeta{}, false
+	}
+	m.at += uint64(seg) * r.segSize
+	m.seg, m.lgen = seg, gen
+	return m, true
+}
+
+// intact reports whether m's segment is still in the lease generation it
+// was read in: whether nobody but the record's writer can have written
+// the bytes read from it.
+func (r *Ring) intact(m frameMeta) bool {
+	return leaseGen(r.seg(m.seg).lease.Load())&locGenMask == m.lgen
+}
+
+// decodeFrame copies the header of the frame at off in segment mem and
+// checks it against the bounds: the header and the payload inside the
+// segment, the payload within maxRecord. It is the one place that
+// interprets what another process wrote in a segment.
+func decodeFrame(mem []byte, off, maxRecord uint64) (frameMeta, bool) {
+	size := uint64(len(mem))
+	if off%8 != 0 || off > size || size-off < frameSize {
+		return frameMeta{}, false
+	}
+	f := (*frame)(unsafe.Pointer(&mem[off]))
+	m := frameMeta{frame: *f, at: off + frameSize}
+	if uint64(m.length) > maxRecord || uint64(m.length) > size-m.at {
+		return frameMeta{}, false
+	}
+	return m, true
 }
 
 // Seek moves the reader's cursor to seq.
 func (rd *Reader) Seek(seq uint64) {
 	rd.next = seq
-	rd.since = time.Time{}
+	rd.since = 0
 }
 
 // SetFilter makes the reader skip, without copying them, the committed
 // records for which keep(kind, aux) is false. Losses are still reported
-// for every record, kept or not.
+// for every record, kept or not, and a record is judged only on fields
+// proven to be its own.
 func (rd *Reader) SetFilter(keep func(kind uint32, aux uint64) bool) { rd.filter = keep }
 
 func (rd *Reader) skipTo(to uint64) (Record, Status) {
 	from := rd.next
-	rd.next = to
-	rd.since = time.Time{}
+	rd.advance(to)
 	rd.overrun += to - from
 	return Record{Seq: from, Lost: to - from}, Overrun
-}
-
-// copyOut copies the committed record seq out of slot s, whose state word
-// was w, and checks that nothing was overwritten while copying. It trusts
-// nothing in shared memory: the length is checked against the ring's limit
-// and the position is taken modulo the data size.
-func (rd *Reader) copyOut(seq uint64, s *indexSlot, w uint64) (Record, bool) {
-	r := rd.r
-	m, ok := decodeSlot(s, r.maxRecord)
-	if !ok || r.hdr.dataTail.Load() > m.dpos+r.dataSize {
-		return Record{}, false
-	}
-	rd.buf = copyData(rd.buf[:0], r.data, m.dpos, uint64(m.length))
-	// Order the copies above before the checks below (a no-op RMW is a full
-	// barrier on every platform Go runs on).
-	rd.fence.Add(0)
-	if s.state.Load() != w || r.hdr.dataTail.Load() > m.dpos+r.dataSize {
-		return Record{}, false
-	}
-	// The fields copied belong to seq's own writer only if they match its
-	// check (an overtaken writer's late stores make them differ).
-	if metaCheck(seq, &m) != m.check {
-		return Record{}, false
-	}
-	return Record{Seq: seq, Kind: m.kind, PID: m.pid, Gen: m.gen, Aux: m.aux, Time: m.time, Data: rd.buf}, true
-}
-
-// slotMeta is a copy of an index slot's fields.
-type slotMeta struct {
-	dpos   uint64
-	length uint32
-	kind   uint32
-	pid    uint32
-	gen    uint32
-	time   int64
-	aux    uint64
-	check  uint32
-}
-
-// decodeSlot copies the fields of s and checks them against the ring's
-// bounds. It is the one place that interprets what another process wrote.
-func decodeSlot(s *indexSlot, maxRecord uint64) (slotMeta, bool) {
-	m := slotMeta{dpos: s.dpos, length: s.length, kind: s.kind, pid: s.pid, gen: s.gen, time: s.time, aux: s.aux, check: s.check}
-	return m, uint64(m.length) <= maxRecord
-}
-
-// copyData appends n bytes of the circular data area starting at absolute
-// position pos to dst. n must not exceed len(data).
-func copyData(dst, data []byte, pos, n uint64) []byte {
-	size := uint64(len(data))
-	if n > size {
-		return dst
-	}
-	p := pos % size
-	if p+n <= size {
-		return append(dst, data[p:p+n]...)
-	}
-	dst = append(dst, data[p:]...)
-	return append(dst, data[:n-(size-p)]...)
 }
 
 // Read reads the next record, sleeping on the zone's doorbell for at most
@@ -274,42 +306,49 @@ func (rd *Reader) Read(timeout time.Duration) (Record, Status) {
 		if left <= 0 {
 			return rec, Empty
 		}
+		b := rd.bell
 		if st == Waiting {
-			left = min(left, rd.waitMax/4+time.Millisecond)
+			// Blocked on a record of unknown kind: any commit may unblock
+			// it, and WaitMax ends the wait.
+			b = bellAny
+			left = min(left, max(time.Duration(int64(rd.since)+rd.waitMax-nanotime()), 0)+100*time.Microsecond)
 		}
-		bell := rd.r.bells[rd.bell]
-		v := bell.Arm()
-		if rd.armed != nil {
-			rd.armed.Add(1)
-		}
-		if !rd.ready() && !rd.interrupted.Load() {
-			bell.Sleep(v, left)
-		}
-		if rd.armed != nil {
-			rd.armed.Add(^uint32(0))
-		}
-		bell.Disarm()
+		rd.sleep(b, left)
 		if rd.interrupted.Swap(false) {
 			return Record{Seq: rd.next}, Empty
 		}
 	}
 }
 
+// sleep waits on bell b until a commit rings it, an Interrupt, or d.
+func (rd *Reader) sleep(b int, d time.Duration) {
+	r := rd.r
+	if r.self < 0 {
+		// Read-only: this mapping cannot mark itself asleep; poll.
+		time.Sleep(min(d, time.Millisecond))
+		return
+	}
+	rd.sleeping.Store(int32(b))
+	v := r.arm(b)
+	if !rd.ready() && !rd.interrupted.Load() {
+		futexWait(&r.hdr.bells[b].word, v, d)
+	}
+	r.disarm(b)
+	rd.sleeping.Store(-1)
+}
+
 // Interrupt makes a Read in progress (or the next one) return Empty at once.
 // It is safe to call from any goroutine.
 func (rd *Reader) Interrupt() {
 	rd.interrupted.Store(true)
-	rd.r.bells[rd.bell].Wake()
+	if b := rd.sleeping.Load(); b >= 0 {
+		rd.r.z.Doorbell(int(b)).Wake()
+	}
 }
 
-// SetWorker names the worker slot this reader belongs to, so that its
-// sleeps are counted there too and can be undone if the worker crashes
-// asleep (see Zone.ReleaseWaiters). Call after SetBell.
-func (rd *Reader) SetWorker(ws *WorkerSlot) { rd.armed = &ws.Armed[rd.bell] }
-
-// SetBell makes Read sleep on doorbell i: the one rung by the writers of
-// the records this reader wants.
-func (rd *Reader) SetBell(i int) { rd.bell = i % NumBells }
+// SetBell makes Read sleep on doorbell i (0 or 1): the one rung by the
+// writers of the records this reader wants.
+func (rd *Reader) SetBell(i int) { rd.bell = i % bellAny }
 
 // spinReady waits for the next record without sleeping: a short busy spin,
 // then sched_yield between checks until the spin window passes.
@@ -338,13 +377,17 @@ func (rd *Reader) spinReady() bool {
 func (rd *Reader) SetSpin(d time.Duration) { rd.spin = d }
 
 // ready reports whether TryRead would find something other than Empty or an
-// uncommitted slot.
+// uncommitted record still within WaitMax.
 func (rd *Reader) ready() bool {
 	r := rd.r
 	seq := rd.next
-	if seq >= r.hdr.tail.Load() {
+	tail := r.hdr.tail.Load()
+	if seq >= tail || tail >= maxTail {
 		return false
 	}
 	w := r.slot(seq).state.Load()
-	return stateSeq(w) > seq+1 || (stateSeq(w) == seq+1 && (stateSt(w) == stCommitted || stateSt(w) == stAbandoned))
+	if stateSeq(w) > seq+1 || (stateSeq(w) == seq+1 && stateSt(w) != stWriting) {
+		return true
+	}
+	return rd.since != 0 && uint64(nanotime())-rd.since >= uint64(rd.waitMax)
 }

@@ -3,21 +3,32 @@ package zone
 import (
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
 
-// The ring is a multi-writer broadcast log in the zone. Writers reserve a
-// sequence number and a stretch of the data area with one fetch-add each,
-// claim the sequence's index slot, copy the payload, and commit by setting
-// the slot's state word last. Readers keep their own cursor, read a record
-// only once its slot says "committed" for their sequence, copy it out, and
-// then check that neither the slot nor the data was reused meanwhile (a
-// seqlock). Nothing a writer does waits for a reader: a reader that falls a
-// whole ring behind finds newer sequences in its slots and counts exactly how
-// many it skipped. A writer that dies after reserving leaves its slot
-// uncommitted; after WaitMax a reader marks the slot abandoned, which every
-// other reader then skips too, and which makes a late commit fail.
+// The ring is a multi-writer broadcast log in the zone. A process leases a
+// segment of the data area for itself (a CAS on the segment's lease word,
+// which bumps its generation) and its goroutines carve records out of it
+// with a process-local fetch-add, so no two writers ever write the same
+// bytes: a record's frame (header and payload) is written whole in the
+// writer's own segment, then the writer takes a sequence number with one
+// fetch-add on the tail, names its frame in that sequence's index slot and
+// commits with one CAS on the slot's state word. Readers keep their own
+// cursor, read a record once its slot says "committed" for their
+// sequence, check that the frame it names carries that sequence and that
+// the segment's generation is the same before and after their copy.
+// Nothing a writer does waits for a reader: a reader that falls a whole
+// ring behind finds newer sequences in its slots, or newer generations in
+// its segments, and counts exactly how many records it lost. A writer that
+// dies after taking a sequence leaves it uncommitted; after WaitMax a reader
+// marks it abandoned, which every other reader then skips too, and which
+// makes a late commit fail. A segment is leased again only once its lessee
+// released it (full, and none of its writes in flight) or is dead (its
+// member lock gone); a lessee that is merely stalled keeps it, and others
+// lease around it.
 
 // Errors a writer can get.
 var (
@@ -30,38 +41,78 @@ var (
 	// ErrOverwritten is returned when the ring wrapped past the record
 	// before it was committed.
 	ErrOverwritten = errors.New("ring record overwritten before it was committed")
+	// ErrRingBusy is returned when no segment could be leased within a
+	// second: every one is held by a live writer process.
+	ErrRingBusy = errors.New("every ring segment is leased by a live writer process; make the zone larger or run fewer writer processes")
+	// ErrReadOnly is returned for a write to a zone attached read-only.
+	ErrReadOnly = errors.New("zone attached read-only")
+	// ErrDamaged is returned when the ring's words are out of their bounds.
+	ErrDamaged = errors.New("zone ring damaged: sequence space exhausted")
 )
 
 // DefaultWaitMax is how long a reader waits for a reserved record to be
 // committed before it skips it as a gap.
 const DefaultWaitMax = 500 * time.Millisecond
 
+// leaseWait is how long a writer looks for a free segment before ErrRingBusy.
+const leaseWait = time.Second
+
 // Ring is the zone's broadcast ring. Its geometry comes from the validated
 // header and is kept here, so nothing is re-read from shared memory.
 type Ring struct {
+	z         *Zone
 	hdr       *header
 	index     unsafe.Pointer
+	segTable  unsafe.Pointer
 	data      []byte
 	mask      uint64
 	slots     uint64
-	dataSize  uint64
+	segments  uint64
+	segSize   uint64
 	maxRecord uint64
-	bells     [NumBells]Doorbell
 	node      *Node
+	// self is this process's member index, -1 when attached read-only.
+	self int
+	// wallBase turns the monotonic clock into Unix ns.
+	wallBase int64
+
+	cur      atomic.Pointer[lease]
+	leaseMu  sync.Mutex
+	lastReap int64
+
+	sleepMu sync.Mutex
+	asleep  [NumBells]int
 }
+
+// lease is this process's hold on one segment.
+type lease struct {
+	seg uint32
+	gen uint32
+	mem []byte
+	// word is used<<24 | in flight: bytes handed out (growing past the
+	// segment size once a request did not fit, which closes the lease for
+	// good) and writes not yet finished.
+	word atomic.Uint64
+}
+
+const inflightMask = 1<<24 - 1
 
 func newRing(z *Zone) *Ring {
 	g := z.geo
 	return &Ring{
+		z:         z,
 		hdr:       z.hdr,
 		index:     unsafe.Pointer(&z.mem[g.indexOff]),
+		segTable:  unsafe.Pointer(&z.mem[g.segOff]),
 		data:      z.mem[g.dataOff : g.dataOff+g.dataSize : g.dataOff+g.dataSize],
 		mask:      g.indexSlots - 1,
 		slots:     g.indexSlots,
-		dataSize:  g.dataSize,
+		segments:  g.segments,
+		segSize:   g.segSize,
 		maxRecord: g.maxRecord,
-		bells:     [NumBells]Doorbell{z.Doorbell(0), z.Doorbell(1)},
 		node:      &z.hdr.node,
+		self:      -1,
+		wallBase:  time.Now().UnixNano() - nanotime(),
 	}
 }
 
@@ -69,16 +120,31 @@ func (r *Ring) slot(seq uint64) *indexSlot {
 	return (*indexSlot)(unsafe.Add(r.index, (seq&r.mask)*indexSlotSize))
 }
 
-// Slots is the number of records the ring holds.
+// seg is segment table entry i, i < segments.
+func (z *Zone) seg(i uint32) *segSlot {
+	return (*segSlot)(unsafe.Pointer(&z.mem[z.geo.segOff+uint64(i)*segSlotSize]))
+}
+
+func (r *Ring) seg(i uint32) *segSlot {
+	return (*segSlot)(unsafe.Add(r.segTable, uint64(i)*segSlotSize))
+}
+
+// Slots is the number of records the ring's index holds.
 func (r *Ring) Slots() uint64 { return r.slots }
 
 // DataSize is the size of the ring's data area in bytes.
-func (r *Ring) DataSize() uint64 { return r.dataSize }
+func (r *Ring) DataSize() uint64 { return r.segments * r.segSize }
+
+// Segments is the number of segments the data area is leased in, and
+// SegmentSize the size of each.
+func (r *Ring) Segments() int    { return int(r.segments) }
+func (r *Ring) SegmentSize() int { return int(r.segSize) }
 
 // MaxRecord is the largest payload the ring takes.
 func (r *Ring) MaxRecord() int { return int(r.maxRecord) }
 
-// DataTail is the next data byte position to be handed out.
+// DataTail is the number of data bytes handed out to writers so far (it
+// moves a segment at a time).
 func (r *Ring) DataTail() uint64 { return r.hdr.dataTail.Load() }
 
 // Tail is the next sequence number to be handed out.
@@ -93,8 +159,8 @@ type Meta struct {
 	Gen uint32
 	// Aux is free for the layers above.
 	Aux uint64
-	// Bell is the doorbell rung after the commit (0 ≤ Bell < NumBells):
-	// readers sleep on the bell of the records they want.
+	// Bell is the doorbell rung after the commit (0 or 1): readers sleep
+	// on the bell of the records they want.
 	Bell uint8
 }
 
@@ -108,99 +174,192 @@ func (r *Ring) Write(m Meta, parts ...[]byte) (uint64, error) {
 	if n > r.maxRecord {
 		return 0, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, n, r.maxRecord)
 	}
-	seq, s, sm, err := r.reserve(m, n)
+	l, off, err := r.alloc(frameSize + n)
 	if err != nil {
-		return seq, err
+		return 0, err
 	}
-	// A writer overtaken since it reserved (a whole data area written
-	// meanwhile) must not copy into space that newer records own.
-	if r.hdr.dataTail.Load() > sm.dpos+r.dataSize-n {
-		r.abandon(seq, s)
-		return seq, ErrOverwritten
-	}
-	pos := sm.dpos % r.dataSize
+	pos := off + frameSize
 	for _, p := range parts {
-		pos = r.copyIn(pos, p)
+		pos += uint64(copy(l.mem[pos:], p))
 	}
-	return seq, r.commit(seq, s, &sm, m.Bell)
+	f := r.fill(l, off, m, n)
+	seq, err := r.publish(f, locWord(l.gen, l.seg, off), m.Bell)
+	r.done(l)
+	return seq, err
 }
 
-// abandon marks a claimed slot abandoned by its own writer.
-func (r *Ring) abandon(seq uint64, s *indexSlot) {
-	s.state.CompareAndSwap(stateWord(seq, stWriting), stateWord(seq, stAbandoned))
-	r.bells[0].Ring()
-	r.bells[1].Ring()
+// fill writes a frame's header but its sequence number.
+func (r *Ring) fill(l *lease, off uint64, m Meta, n uint64) *frame {
+	f := (*frame)(unsafe.Pointer(&l.mem[off]))
+	f.length, f.kind, f.pid, f.gen, f.aux = uint32(n), m.Kind, m.PID, m.Gen, m.Aux
+	f.time = r.wallBase + nanotime()
+	return f
 }
 
-// metaCheck mixes seq and a slot's fields: each field times its own odd
-// constant (independent multiplies), then a finalizer. It detects fields
-// of another record, not an adversary.
-func metaCheck(seq uint64, m *slotMeta) uint32 {
-	h := seq*0x9e3779b97f4a7c15 ^ m.dpos*0xbf58476d1ce4e5b9 ^
-		(uint64(m.length)|uint64(m.kind)<<32)*0x94d049bb133111eb ^
-		(uint64(m.pid)|uint64(m.gen)<<32)*0xd6e8feb86659fd93 ^
-		uint64(m.time)*0xa0761d6478bd642f ^ m.aux*0xe7037ed1a0b428db
-	h ^= h >> 29
-	h *= 0xbf58476d1ce4e5b9
-	return uint32(h ^ h>>32)
-}
-
-// reserve takes a sequence number and n bytes of data space and claims the
-// sequence's slot, filling in everything but the payload.
-func (r *Ring) reserve(m Meta, n uint64) (uint64, *indexSlot, slotMeta, error) {
-	dpos := r.hdr.dataTail.Add((n+7)&^7) - (n+7)&^7
+// publish takes a sequence number for the frame f, written whole, and
+// commits it as the record at loc.
+func (r *Ring) publish(f *frame, loc uint64, bell uint8) (uint64, error) {
 	seq := r.hdr.tail.Add(1) - 1
+	if seq >= maxTail {
+		return seq, ErrDamaged
+	}
+	f.seq = seq
+	return seq, r.commit(seq, loc, bell)
+}
+
+// commit names the frame at loc in seq's index slot and commits it, unless
+// readers abandoned seq or a newer sequence took the slot.
+func (r *Ring) commit(seq, loc uint64, bell uint8) error {
 	s := r.slot(seq)
 	for {
 		w := s.state.Load()
-		if stateSeq(w) >= seq+1 {
-			if stateSeq(w) == seq+1 {
-				return seq, nil, slotMeta{}, ErrAbandoned
+		if ws := stateSeq(w); ws >= seq+1 {
+			if ws == seq+1 {
+				return ErrAbandoned
 			}
-			return seq, nil, slotMeta{}, ErrOverwritten
+			if ws-1 < r.hdr.tail.Load() {
+				return ErrOverwritten
+			}
+			// A sequence from the future is damage: write over it.
 		}
-		// An older occupant, committed or not, is overwritten: readers of it
-		// see the new state word and count it lost.
-		if s.state.CompareAndSwap(w, stateWord(seq, stWriting)) {
+		// The loc goes first: a reader believes it only once the state
+		// names seq. A writer overtaken here by a whole lap of the index
+		// stores its loc over a newer record's, whose readers then find a
+		// frame of another sequence and count the record lost.
+		s.loc.Store(loc)
+		if s.state.CompareAndSwap(w, stateWord(seq, stCommitted)) {
 			break
 		}
 	}
-	// An acquire load after the claim keeps the stores below after it (on
-	// arm64 a CAS alone does not), and gives up early if already overtaken.
-	if s.state.Load() != stateWord(seq, stWriting) {
-		return seq, nil, slotMeta{}, ErrOverwritten
+	r.hdr.bells[bell%bellAny].ring()
+	r.hdr.bells[bellAny].ring()
+	return nil
+}
+
+// alloc carves size bytes (rounded up to 8) out of this process's segment,
+// leasing a new one when it is full. The caller writes them and then calls
+// done.
+func (r *Ring) alloc(size uint64) (*lease, uint64, error) {
+	if r.self < 0 {
+		return nil, 0, ErrReadOnly
 	}
-	// The writer keeps its own copy of the fields: the check is computed
-	// from it, never from the slot, which an overtaken writer may scribble on.
-	sm := slotMeta{dpos: dpos, length: uint32(n), kind: m.Kind, pid: m.PID, gen: m.Gen, time: time.Now().UnixNano(), aux: m.Aux}
-	s.time, s.dpos, s.length = sm.time, sm.dpos, sm.length
-	s.kind, s.pid, s.gen, s.aux = sm.kind, sm.pid, sm.gen, sm.aux
-	return seq, s, sm, nil
+	need := (size + 7) &^ 7
+	for {
+		l := r.cur.Load()
+		if l != nil {
+			v := l.word.Add(need<<24 | 1)
+			if end := v >> 24; end <= r.segSize {
+				return l, end - need, nil
+			}
+			r.done(l)
+		}
+		if err := r.rotate(l); err != nil {
+			return nil, 0, err
+		}
+	}
+}
+
+// done ends one write into l. The last write into a full lease releases its
+// segment; the CAS names the generation, so a repeated release does nothing.
+func (r *Ring) done(l *lease) {
+	v := l.word.Add(^uint64(0))
+	if v>>24 > r.segSize && v&inflightMask == 0 {
+		r.seg(l.seg).lease.CompareAndSwap(leaseWord(l.gen, uint32(r.self)+1), leaseWord(l.gen, 0))
+	}
+}
+
+// rotate replaces the full lease old with a new one, unless another
+// goroutine already did.
+func (r *Ring) rotate(old *lease) error {
+	r.leaseMu.Lock()
+	defer r.leaseMu.Unlock()
+	if r.cur.Load() != old {
+		return nil
+	}
+	l, err := r.lease()
+	if err != nil {
+		r.cur.Store(nil)
+		return err
+	}
+	r.cur.Store(l)
+	return nil
+}
+
+// lease takes a free segment, or one whose lessee is dead, trying them
+// round the ring from the shared cursor, so the segment taken is about the
+// one written longest ago. Segments held by live lessees are skipped.
+func (r *Ring) lease() (*lease, error) {
+	me := uint32(r.self) + 1
+	if now := nanotime(); now-r.lastReap > int64(100*time.Millisecond) {
+		r.lastReap = now
+		r.z.ReapMembers()
+	}
+	var deadline int64
+	for {
+		for k := uint64(0); k < r.segments; k++ {
+			i := uint32((r.hdr.leaseCur.Add(1) - 1) % r.segments)
+			e := r.seg(i)
+			w := e.lease.Load()
+			o := leaseOwner(w)
+			if o != 0 && (o == me || (o <= MaxMembers && r.z.memberAlive(int(o-1)))) {
+				continue
+			}
+			gen := leaseGen(w) + 1
+			if !e.lease.CompareAndSwap(w, leaseWord(gen, me)) {
+				continue
+			}
+			if o != 0 {
+				r.node.Reclaimed.Add(1)
+			}
+			e.base.Store(r.hdr.dataTail.Add(r.segSize) - r.segSize)
+			r.z.member(r.self).Leases.Add(1)
+			start := uint64(i) * r.segSize
+			return &lease{seg: i, gen: gen, mem: r.data[start : start+r.segSize : start+r.segSize]}, nil
+		}
+		now := nanotime()
+		if deadline == 0 {
+			deadline = now + int64(leaseWait)
+		} else if now > deadline {
+			return nil, fmt.Errorf("%w (%d segments of %d bytes)", ErrRingBusy, r.segments, r.segSize)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// release gives up this process's lease at Close.
+func (r *Ring) release() {
+	r.leaseMu.Lock()
+	defer r.leaseMu.Unlock()
+	r.cur.Store(nil)
 }
 
 // Reserve is Write in two steps, for writers that build the payload in place
-// or (in tests) that must stop between reserving and committing.
+// or (in tests) that must stop between taking a sequence number and
+// committing: the sequence is taken now, and readers wait for its commit.
 func (r *Ring) Reserve(m Meta, n int) (*Pending, error) {
 	if n < 0 || uint64(n) > r.maxRecord {
 		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, n, r.maxRecord)
 	}
-	seq, s, sm, err := r.reserve(m, uint64(n))
+	l, off, err := r.alloc(frameSize + uint64(n))
 	if err != nil {
 		return nil, err
 	}
-	return &Pending{r: r, seq: seq, s: s, sm: sm, pos: sm.dpos % r.dataSize, left: uint64(n), bell: m.Bell}, nil
+	f := r.fill(l, off, m, uint64(n))
+	seq := r.hdr.tail.Add(1) - 1
+	f.seq = seq
+	return &Pending{r: r, l: l, seq: seq, off: off, pos: off + frameSize, left: uint64(n), bell: m.Bell}, nil
 }
 
 // Pending is a reserved, uncommitted record.
 type Pending struct {
-	r      *Ring
-	seq    uint64
-	s      *indexSlot
-	pos    uint64
-	left   uint64
-	bell   uint8
-	sm     slotMeta
-	lapped bool
+	r    *Ring
+	l    *lease
+	seq  uint64
+	off  uint64
+	pos  uint64
+	left uint64
+	bell uint8
+	done bool
 }
 
 // Seq is the record's sequence number.
@@ -208,48 +367,22 @@ func (p *Pending) Seq() uint64 { return p.seq }
 
 // Append copies b into the record; the total must not exceed the reserved length.
 func (p *Pending) Append(b []byte) {
-	if uint64(len(b)) > p.left {
-		panic("zone: Pending.Append past the reserved length")
+	if uint64(len(b)) > p.left || p.done {
+		panic("zone: Pending.Append past the reserved length or after Commit")
 	}
 	p.left -= uint64(len(b))
-	if p.lapped || p.r.hdr.dataTail.Load() > p.sm.dpos+p.r.dataSize-uint64(p.sm.length) {
-		p.lapped = true // overtaken: copy nothing into newer records' space
-		return
-	}
-	p.pos = p.r.copyIn(p.pos, b)
+	p.pos += uint64(copy(p.l.mem[p.pos:], b))
 }
 
 // Commit publishes the record.
 func (p *Pending) Commit() error {
-	if p.lapped {
-		p.r.abandon(p.seq, p.s)
-		return ErrOverwritten
+	if p.done {
+		return errors.New("zone: record already committed")
 	}
-	return p.r.commit(p.seq, p.s, &p.sm, p.bell)
-}
-
-func (r *Ring) copyIn(pos uint64, b []byte) uint64 {
-	for len(b) > 0 {
-		c := copy(r.data[pos:], b)
-		b = b[c:]
-		pos += uint64(c)
-		if pos == r.dataSize {
-			pos = 0
-		}
-	}
-	return pos
-}
-
-func (r *Ring) commit(seq uint64, s *indexSlot, sm *slotMeta, bell uint8) error {
-	s.check = metaCheck(seq, sm)
-	if !s.state.CompareAndSwap(stateWord(seq, stWriting), stateWord(seq, stCommitted)) {
-		if stateSeq(s.state.Load()) == seq+1 {
-			return ErrAbandoned
-		}
-		return ErrOverwritten
-	}
-	r.bells[bell%NumBells].Ring()
-	return nil
+	p.done = true
+	err := p.r.commit(p.seq, locWord(p.l.gen, p.l.seg, p.off), p.bell)
+	p.r.done(p.l)
+	return err
 }
 
 // Lag reports how far a reader whose next record is cursor is behind the
@@ -262,16 +395,24 @@ func (r *Ring) Lag(cursor uint64) (records, bytes uint64) {
 	}
 	records = tail - cursor
 	if records > r.slots {
-		return records, r.dataSize
+		return records, r.DataSize()
 	}
 	s := r.slot(cursor)
 	w := s.state.Load()
-	dpos := s.dpos
-	if stateSeq(w) != cursor+1 || s.state.Load() != w {
-		return records, r.dataSize
+	if stateSeq(w) < cursor+1 {
+		return records, 0 // not published yet: what follows is being written now
 	}
-	if dt := r.hdr.dataTail.Load(); dt > dpos {
-		bytes = min(dt-dpos, r.dataSize)
+	gen, seg, off := locSplit(s.loc.Load())
+	if stateSeq(w) != cursor+1 || uint64(seg) >= r.segments {
+		return records, r.DataSize()
+	}
+	e := r.seg(seg)
+	base := e.base.Load()
+	if leaseGen(e.lease.Load())&locGenMask != gen {
+		return records, r.DataSize()
+	}
+	if dt := r.hdr.dataTail.Load(); dt > base+off {
+		bytes = min(dt-base-off, r.DataSize())
 	}
 	return records, bytes
 }
@@ -287,7 +428,11 @@ func (r *Ring) CountFor(from uint64, match func(kind uint32, aux uint64) bool) u
 	for seq := from; seq < tail; seq++ {
 		s := r.slot(seq)
 		w := s.state.Load()
-		if stateSeq(w) == seq+1 && stateSt(w) == stCommitted && match(s.kind, s.aux) && s.state.Load() == w {
+		if stateSeq(w) != seq+1 || stateSt(w) != stCommitted {
+			continue
+		}
+		m, ok := r.locate(seq, s)
+		if ok && match(m.kind, m.aux) && r.intact(m) {
 			n++
 		}
 	}

@@ -11,16 +11,20 @@ import (
 
 // uniqueSlot is one run-once key of the events bus, 64 bytes. Keys are
 // stored as the first 16 bytes of their SHA-256 (a collision is not a
-// practical concern), with the time the key stops being unique, the
-// winning post's token, and the claim of the worker that handles it.
-// Everything but Claim is written under the node lock.
+// practical concern), with the time the key stops being unique and the
+// winning post's ticket. Everything but the take is written under the node
+// lock.
 type uniqueSlot struct {
 	hash0   atomic.Uint64
 	hash1   atomic.Uint64
 	expires atomic.Int64
-	token   atomic.Uint64
-	// claim is 0 until a worker takes the event, then that worker's nonce.
-	claim atomic.Uint64
+	// ticket is the winning post's token (odd) until a worker takes the
+	// event, then the token with its low bit cleared; 0 while the slot
+	// changes hands. Taking is one CAS from the token the event carries,
+	// so a ticket of an earlier key in the slot can never take this one.
+	ticket atomic.Uint64
+	// taker is the nonce of the worker that took the event (diagnostics).
+	taker atomic.Uint64
 	_     [24]byte
 }
 
@@ -69,19 +73,25 @@ func (h *Handle) ClaimUnique(key string, now time.Time, ttl time.Duration, token
 		return UniqueTicket{}, false, ErrUniqueTableFull
 	}
 	s := h.z.uniqueSlot(uint32(free))
-	s.token.Store(0) // no stale ticket can take it while it changes
-	s.claim.Store(0)
+	token |= 1
+	s.ticket.Store(0) // no stale ticket can take it while it changes
+	s.taker.Store(0)
 	s.hash0.Store(k[0])
 	s.hash1.Store(k[1])
 	s.expires.Store(nowNs + int64(ttl))
-	s.token.Store(token)
+	s.ticket.Store(token)
 	return UniqueTicket{Slot: uint32(free), Token: token}, true, nil
 }
 
 // TakeUnique lets one worker (named by its nonce) take the event of ticket
 // t; it returns true for exactly one caller. An event whose key slot was
-// reused meanwhile (its ttl long passed) is taken by nobody.
+// reused meanwhile (its ttl long passed) is taken by nobody, and never
+// takes the newer key's event.
 func (z *Zone) TakeUnique(t UniqueTicket, nonce uint64) bool {
 	s := z.uniqueSlot(t.Slot)
-	return t.Token != 0 && s.token.Load() == t.Token && s.claim.CompareAndSwap(0, nonce|1)
+	if t.Token&1 == 0 || !s.ticket.CompareAndSwap(t.Token, t.Token&^1) {
+		return false
+	}
+	s.taker.Store(nonce)
+	return true
 }

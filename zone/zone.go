@@ -90,6 +90,9 @@ type Zone struct {
 	hdr  *header
 	geo  geometry
 	ring *Ring
+	// mf holds the member lock of slot self; nil when read-only.
+	mf   *os.File
+	self int
 }
 
 // Open creates the zone file or attaches to an existing one, after checking
@@ -122,10 +125,18 @@ func Open(o Options) (*Zone, error) {
 		}
 		return nil, fmt.Errorf("opening zone file %s: %w", path, err)
 	}
-	z := &Zone{path: path, f: f}
+	z := &Zone{path: path, f: f, self: -1}
 	if err := z.attach(o, mode); err != nil {
 		z.Close()
 		return nil, err
+	}
+	z.ring = newRing(z)
+	if !o.ReadOnly {
+		if err := z.join(); err != nil {
+			z.Close()
+			return nil, err
+		}
+		z.ring.self = z.self
 	}
 	return z, nil
 }
@@ -203,10 +214,15 @@ func (z *Zone) create(size uint64, mode os.FileMode, owned bool) error {
 	h.UniqueOff = g.uniqueOff
 	h.UniqueSlots = UniqueSlots
 	h.UniqueSlotSize = uniqueSlotSize
+	h.MemberOff = g.memberOff
+	h.MemberSlots = MaxMembers
+	h.MemberSlotSize = memberSlotSize
+	h.SegOff = g.segOff
+	h.Segments = uint32(g.segments)
+	h.SegSize = uint32(g.segSize)
 	// The magic goes last: a file without it is unfinished and is redone.
 	copy(z.mem[:8], magic[:])
 	z.geo = g
-	z.ring = newRing(z)
 	return nil
 }
 
@@ -264,7 +280,7 @@ func (z *Zone) validate(o Options, fileSize int64) error {
 	}
 	h := (*header)(unsafe.Pointer(&b[0]))
 	if h.Version != LayoutVersion {
-		return fmt.Errorf("zone file %s has layout version %d, this build uses %d; stop the processes of the other version and remove the file, or use another zone name for this one", z.path, h.Version, LayoutVersion)
+		return fmt.Errorf("zone file %s has layout version %d, this build uses %d; stop every process using the zone (those of the other version too) and remove the file, or use another zone name for this one", z.path, h.Version, LayoutVersion)
 	}
 	if h.Size != uint64(fileSize) {
 		return fmt.Errorf("zone file %s is %d bytes but its header says %d: it is truncated or damaged; %s", z.path, fileSize, h.Size, remedy)
@@ -279,14 +295,18 @@ func (z *Zone) validate(o Options, fileSize int64) error {
 	if h.HeaderSize != headerSize || h.WorkerOff != g.workerOff || uint64(h.WorkerSlots) != g.workerSlots ||
 		h.WorkerSlotSize != workerSlotSize || h.IndexOff != g.indexOff || h.IndexSlots != g.indexSlots ||
 		h.DataOff != g.dataOff || h.DataSize != g.dataSize || h.MaxRecord != g.maxRecord ||
-		h.UniqueOff != g.uniqueOff || h.UniqueSlots != UniqueSlots || h.UniqueSlotSize != uniqueSlotSize {
+		h.UniqueOff != g.uniqueOff || h.UniqueSlots != UniqueSlots || h.UniqueSlotSize != uniqueSlotSize ||
+		h.MemberOff != g.memberOff || h.MemberSlots != MaxMembers || h.MemberSlotSize != memberSlotSize ||
+		h.SegOff != g.segOff || uint64(h.Segments) != g.segments || uint64(h.SegSize) != g.segSize {
 		return fmt.Errorf("zone file %s has a damaged header (its areas do not match its size); %s", z.path, remedy)
 	}
 	if err := z.mmap(int(h.Size), !o.ReadOnly); err != nil {
 		return err
 	}
 	z.geo = g
-	z.ring = newRing(z)
+	if err := z.checkBody(); err != nil {
+		return fmt.Errorf("zone file %s: %w; %s", z.path, err, remedy)
+	}
 	return nil
 }
 
@@ -294,6 +314,14 @@ func (z *Zone) validate(o Options, fileSize int64) error {
 // the node's counters outlive its processes.
 func (z *Zone) Close() error {
 	var err error
+	if z.mf != nil {
+		if z.ring != nil {
+			z.ring.release()
+		}
+		z.clearMember(z.self)
+		z.mf.Close()
+		z.mf = nil
+	}
 	if z.mem != nil {
 		err = unix.Munmap(z.mem)
 		z.mem, z.hdr, z.ring = nil, nil, nil

@@ -89,6 +89,41 @@ func TestOpenRefuses(t *testing.T) {
 		{"garbage", MinSize, func(b []byte) []byte { copy(b, "GIF89a garbage"); return b }, "is not an ipcbus zone (bad magic)"},
 		{"other version", MinSize, func(b []byte) []byte { hdrField(b).Version = 99; return b }, "has layout version 99, this build uses " + fmt.Sprint(LayoutVersion)},
 		{"damaged header", MinSize, func(b []byte) []byte { hdrField(b).DataOff = 12; return b }, "has a damaged header"},
+		{"older layout", MinSize, func(b []byte) []byte { hdrField(b).Version = 6; return b }, "has layout version 6, this build uses " + fmt.Sprint(LayoutVersion) + "; stop every process using the zone"},
+		// A valid header over a damaged body (review finding F9): a tail
+		// near 2^62 made readers loop forever, a garbage index slot made
+		// every write to it fail.
+		{"tail out of range", MinSize, func(b []byte) []byte { hdrField(b).tail.Store(1 << 62); return b }, "damaged zone body: ring tail 4611686018427387904"},
+		{"data tail out of range", MinSize, func(b []byte) []byte { hdrField(b).dataTail.Store(^uint64(0)); return b }, "damaged zone body: data tail"},
+		{"index slot from the future", MinSize, func(b []byte) []byte {
+			indexAt(b, 3).state.Store(stateWord(3+1<<20, stCommitted))
+			return b
+		}, "index holds sequence 1048579, beyond the tail"},
+		{"index slot out of place", MinSize, func(b []byte) []byte {
+			indexAt(b, 3).state.Store(stateWord(4, stCommitted))
+			return b
+		}, "index slot 3 holds sequence 4"},
+		{"index slot in no state", MinSize, func(b []byte) []byte {
+			indexAt(b, 3).state.Store(stateWord(3, 0))
+			hdrField(b).tail.Store(10)
+			return b
+		}, "index slot 3 in state 0"},
+		{"index slot names no segment", MinSize, func(b []byte) []byte {
+			s := indexAt(b, 3)
+			s.state.Store(stateWord(3, stCommitted))
+			s.loc.Store(locWord(1, maxSegs-1, 0))
+			hdrField(b).tail.Store(10)
+			return b
+		}, "index slot 3 names segment 32767"},
+		{"segment of no member", MinSize, func(b []byte) []byte {
+			g := layoutFor(MinSize)
+			(*segSlot)(unsafe.Pointer(&b[g.segOff+2*segSlotSize])).lease.Store(leaseWord(4, 999))
+			return b
+		}, "segment 2 leased to member 999"},
+		{"worker slot in no state", MinSize, func(b []byte) []byte {
+			(*WorkerSlot)(unsafe.Pointer(&b[headerSize+5*workerSlotSize])).State.Store(77)
+			return b
+		}, "worker slot 5 in state 77"},
 		{"not a file", MinSize, nil, "is a directory"},
 	}
 	for _, tt := range tests {
@@ -111,6 +146,11 @@ func TestOpenRefuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// indexAt overlays index slot i on the bytes of a MinSize zone file.
+func indexAt(b []byte, i uint64) *indexSlot {
+	return (*indexSlot)(unsafe.Pointer(&b[layoutFor(MinSize).indexOff+i*indexSlotSize]))
 }
 
 func TestOpenRefusesOtherOwner(t *testing.T) {
@@ -219,3 +259,26 @@ func TestLivenessLock(t *testing.T) {
 }
 
 func filepathDir(p string) string { return filepath.Dir(p) }
+
+// TestGeometry pins the ring geometry the README documents: a change of
+// the layout that moves these figures must change the README too.
+func TestGeometry(t *testing.T) {
+	tests := []struct {
+		size                                uint64
+		slots, segments, segSize, maxRecord uint64
+	}{
+		{MinSize, 2048, 21, 32 << 10, 8<<10 - frameSize},
+		{DefaultSize, 131072, 30, 2 << 20, 512<<10 - frameSize},
+		{1 << 30, 2 << 20, 247, 4 << 20, 1<<20 - frameSize},
+	}
+	for _, tt := range tests {
+		g := layoutFor(tt.size)
+		if g.indexSlots != tt.slots || g.segments != tt.segments || g.segSize != tt.segSize || g.maxRecord != tt.maxRecord {
+			t.Errorf("size %d: %d slots, %d segments of %d, records up to %d; want %d, %d of %d, %d",
+				tt.size, g.indexSlots, g.segments, g.segSize, g.maxRecord, tt.slots, tt.segments, tt.segSize, tt.maxRecord)
+		}
+		if g.dataOff%4096 != 0 || g.dataOff+g.dataSize > tt.size || g.segments < 16 {
+			t.Errorf("size %d: data at %d, %d bytes, %d segments", tt.size, g.dataOff, g.dataSize, g.segments)
+		}
+	}
+}

@@ -1,0 +1,305 @@
+package zone
+
+import (
+	"errors"
+	"math"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The tests in this file each close a race an outside review of layout 6
+// found (F2 to F10 in issue 8); each names the finding and what it did.
+
+// TestFilterCountsForeignFrame (F2): a filtering reader judges a record only
+// on fields proven to be its own. Here the record's index slot names the
+// frame of another record, as a writer overtaken by a whole lap of the index
+// leaves it: the reader counts the record lost instead of skipping it
+// silently on the other record's kind (layout 6 trusted kind and aux in the
+// index slot before checking them, and dropped such a record uncounted).
+func TestFilterCountsForeignFrame(t *testing.T) {
+	z := mustOpen(t, testOptions(t, MinSize))
+	r := z.Ring()
+	rd := r.NewReader(r.Tail())
+	rd.SetFilter(func(kind uint32, _ uint64) bool { return kind == 1 })
+	keep, err := r.Write(Meta{Kind: 1}, []byte("kept"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := r.Write(Meta{Kind: 2}, []byte("skipped"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.slot(keep).loc.Store(r.slot(other).loc.Load()) // the overtaken writer's store
+	rec, st := rd.TryRead()
+	if st != Overrun || rec.Seq != keep || rec.Lost != 1 {
+		t.Fatalf("got %v %+v, want the record at %d counted lost", st, rec, keep)
+	}
+	if _, st := rd.TryRead(); st != Empty {
+		t.Fatalf("then %v, want the kind-2 record skipped", st)
+	}
+	if _, over, _ := rd.Counts(); over != 1 {
+		t.Fatalf("%d counted lost, want 1", over)
+	}
+}
+
+// TestWaitingReaderWokenByAnyCommit (F3): an alerts reader (doorbell 1)
+// blocked behind an event record (doorbell 0) that is not committed yet is
+// woken by that record's commit. In layout 6 a commit rang only its own
+// bell, and the reader slept until its timer (WaitMax/4, here 15 minutes:
+// the test would time out).
+func TestWaitingReaderWokenByAnyCommit(t *testing.T) {
+	z := mustOpen(t, testOptions(t, MinSize))
+	w := mustOpen(t, Options{Name: "t", Dir: filepathDir(z.Path())})
+	r := z.Ring()
+	rd := r.NewReader(r.Tail())
+	rd.SetWaitMax(time.Hour)
+	rd.SetSpin(0)
+	rd.SetBell(1)
+	rd.SetFilter(func(kind uint32, _ uint64) bool { return kind == 7 })
+	ev, err := w.Ring().Reserve(Meta{Kind: 1, Bell: 0}, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Ring().Write(Meta{Kind: 7, Bell: 1}, []byte("alert")); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan Record, 1)
+	go func() {
+		for {
+			if rec, st := rd.Read(time.Hour); st == Got {
+				got <- rec
+				return
+			}
+		}
+	}()
+	// The reader sleeps blocked on the event record: on the any-commit bell.
+	for deadline := time.Now().Add(30 * time.Second); z.Doorbell(bellAny).Sleepers() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the reader never slept on the any-commit doorbell")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ev.Append([]byte("evnt"))
+	if err := ev.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case rec := <-got:
+		if string(rec.Data) != "alert" {
+			t.Fatalf("got %q", rec.Data)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the commit of the record it waited on did not wake the reader")
+	}
+}
+
+// TestDeadWritersCostOneWaitMax (F4): K writers that took consecutive
+// sequence numbers and died cost a reader one WaitMax, not K: every
+// record below the tail the reader saw when it started waiting has been
+// pending at least as long, so once WaitMax passed each is abandoned at
+// once. (Layout 6 started a new timer per record: 5 dead writers with
+// WaitMax 100ms stalled readers 524ms.)
+func TestDeadWritersCostOneWaitMax(t *testing.T) {
+	z := mustOpen(t, testOptions(t, MinSize))
+	r := z.Ring()
+	rd := r.NewReader(r.Tail())
+	const k, waitMax = 5, 20 * time.Millisecond
+	rd.SetWaitMax(waitMax)
+	for i := 0; i < k; i++ {
+		if _, err := r.Reserve(Meta{}, 8); err != nil { // never committed: a dead writer
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Write(Meta{}, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if _, st := rd.TryRead(); st != Waiting {
+		t.Fatalf("first read %v, want waiting", st)
+	}
+	time.Sleep(waitMax + 5*time.Millisecond)
+	// No more waiting: the K gaps and the record follow one another.
+	for i := 0; i < k; i++ {
+		if rec, st := rd.TryRead(); st != Gap || rec.Lost != 1 {
+			t.Fatalf("read %d after WaitMax: %v %+v, want a gap at once", i, st, rec)
+		}
+	}
+	if rec, st := rd.TryRead(); st != Got || string(rec.Data) != "after" {
+		t.Fatalf("after the gaps: %v %+v", st, rec)
+	}
+	// A record taken after the reader stopped waiting gets its own WaitMax.
+	if _, err := r.Reserve(Meta{}, 8); err != nil {
+		t.Fatal(err)
+	}
+	if _, st := rd.TryRead(); st != Waiting {
+		t.Fatalf("a new pending record: %v, want waiting", st)
+	}
+}
+
+// TestTakeUniqueStaleTicket (F5): a run-once event whose key expired and
+// whose slot was given to a new post of the key is taken by nobody, and
+// never takes the new event's claim. Layout 6 checked the token and then
+// set the claim in two steps: a taker of the old event that read the token
+// just before the slot changed hands took the new claim, so the old event
+// ran twice and the new one never. Here a goroutine hammers the old,
+// already taken ticket while the slot changes hands thousands of times.
+func TestTakeUniqueStaleTicket(t *testing.T) {
+	z := mustOpen(t, testOptions(t, MinSize))
+	h, err := z.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	now := time.Now()
+	rounds := 20000
+	if testing.Short() {
+		rounds = 2000
+	}
+	var stale atomic.Pointer[UniqueTicket]
+	var stop atomic.Bool
+	var stolen atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			if t := stale.Load(); t != nil && z.TakeUnique(*t, 2) {
+				stolen.Add(1)
+			}
+		}
+	}()
+	defer func() { stop.Store(true); wg.Wait() }()
+	for i := 0; i < rounds; i++ {
+		// Each round is past the last one's ttl: the key's slot is reused.
+		tk, ok, err := h.ClaimUnique("key", now.Add(time.Duration(i)*time.Second), time.Millisecond, uint64(i+1)<<1)
+		if err != nil || !ok {
+			t.Fatalf("round %d: claim %v %v", i, ok, err)
+		}
+		if !z.TakeUnique(tk, 1) {
+			t.Fatalf("round %d: the fresh ticket was not taken first (a stale ticket took it)", i)
+		}
+		if z.TakeUnique(tk, 1) {
+			t.Fatalf("round %d: a ticket taken twice", i)
+		}
+		stale.Store(&tk)
+	}
+	stop.Store(true)
+	wg.Wait()
+	if n := stolen.Load(); n != 0 {
+		t.Fatalf("a stale ticket took %d events", n)
+	}
+}
+
+// TestKilledSleeperReaped (F6): a process killed while its reader sleeps
+// leaves its bit on the doorbell; the next reap (every worker's probe, and
+// any writer taking a segment) finds its member lock gone and clears it, so
+// commits stop paying a wake-up call. Layout 6 kept a count that only
+// workers' crashes corrected, with windows where even those were missed.
+func TestKilledSleeperReaped(t *testing.T) {
+	o := testOptions(t, MinSize)
+	z := mustOpen(t, o)
+	h := startHelper(t, o, "sleeper")
+	h.line(t)
+	for deadline := time.Now().Add(30 * time.Second); z.Doorbell(0).Sleepers() != 1; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sleepers, want the helper's reader", z.Doorbell(0).Sleepers())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := z.ReapMembers(); n != 0 {
+		t.Fatalf("a live sleeper reaped (%d)", n)
+	}
+	h.cmd.Process.Signal(syscall.SIGKILL)
+	h.cmd.Wait()
+	if n := z.Doorbell(0).Sleepers(); n != 1 {
+		t.Fatalf("%d sleepers before the reap, want the dead one's", n)
+	}
+	if n := z.ReapMembers(); n != 1 {
+		t.Fatalf("reaped %d members, want 1", n)
+	}
+	if n := z.Doorbell(0).Sleepers(); n != 0 {
+		t.Fatalf("%d sleepers after the reap", n)
+	}
+}
+
+// TestMaxSizeFitsInt (F10): a zone is mapped as one []byte, so its largest
+// size must fit an int of the build (layout 6 allowed 64 GiB everywhere and
+// a 32-bit build panicked on int(h.Size); .ci/run runs this under GOARCH=386).
+func TestMaxSizeFitsInt(t *testing.T) {
+	if uint64(MaxSize) > math.MaxInt {
+		t.Fatalf("MaxSize %d does not fit an int (%d)", uint64(MaxSize), math.MaxInt)
+	}
+	if err := ValidateSize(math.MaxInt32 + 1); err == nil && math.MaxInt == math.MaxInt32 {
+		t.Fatal("a 32-bit build accepts a 2 GiB zone")
+	}
+}
+
+// TestLiveLesseeKeepsItsSegment: a writer stalled with a record in flight
+// keeps its segment however much others write; when it resumes, its record
+// and everyone else's are whole. Others lease around it.
+func TestLiveLesseeKeepsItsSegment(t *testing.T) {
+	o := testOptions(t, MinSize)
+	a, b := mustOpen(t, o), mustOpen(t, o)
+	p, err := a.Ring().Reserve(Meta{Aux: 1}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := a.Ring().cur.Load()
+	before := a.seg(l.seg).lease.Load()
+	rd := b.Ring().NewReader(p.Seq())
+	rd.SetWaitMax(time.Hour)
+	for b.Ring().DataTail() < 4*b.Ring().DataSize() {
+		if _, err := b.Ring().Write(Meta{}, make([]byte, 4000)); err != nil { // the index does not wrap
+			t.Fatal(err)
+		}
+	}
+	if after := a.seg(l.seg).lease.Load(); after != before {
+		t.Fatalf("the stalled lessee's segment went from %#x to %#x", before, after)
+	}
+	p.Append(make([]byte, 100))
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if rec, st := rd.TryRead(); st != Got || rec.Aux != 1 || len(rec.Data) != 100 {
+		t.Fatalf("the stalled record: %v %+v", st, rec)
+	}
+}
+
+// TestDeadLesseeReclaimed: the segment of a process killed while it held a
+// lease is leased again by the next writer that comes round to it.
+func TestDeadLesseeReclaimed(t *testing.T) {
+	o := testOptions(t, MinSize)
+	z := mustOpen(t, o)
+	h := startHelper(t, o, "lessee")
+	h.line(t)
+	h.cmd.Process.Signal(syscall.SIGKILL)
+	h.cmd.Wait()
+	for z.Ring().DataTail() < 3*z.Ring().DataSize() {
+		if _, err := z.Ring().Write(Meta{}, make([]byte, 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := z.Node().Reclaimed.Load(); n != 1 {
+		t.Fatalf("%d segments reclaimed, want the dead lessee's", n)
+	}
+}
+
+// TestRingBusy: when every segment is leased by a live process, a writer
+// that needs one gets ErrRingBusy after a second, with the geometry in the
+// message, instead of waiting forever or writing over a live lessee.
+func TestRingBusy(t *testing.T) {
+	o := testOptions(t, MinSize)
+	z := mustOpen(t, o)
+	for i := 0; i < z.Ring().Segments(); i++ {
+		m := mustOpen(t, o)
+		if _, err := m.Ring().Write(Meta{}, []byte("x")); err != nil {
+			t.Fatalf("member %d: %v", i, err)
+		}
+	}
+	_, err := z.Ring().Write(Meta{}, []byte("x"))
+	if err == nil || !errors.Is(err, ErrRingBusy) {
+		t.Fatalf("write with every segment leased: %v", err)
+	}
+}
