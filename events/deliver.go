@@ -87,7 +87,7 @@ func (b *Bus) deliver(rec zone.Record, ev *Event) {
 	if !ok {
 		return
 	}
-	if e.flags&flagUnique != 0 && !b.z.TakeUnique(zone.UniqueTicket{Slot: e.slot, Token: e.token}, b.o.Nonce) {
+	if e.flags&flagUnique != 0 && !b.z.TakeUnique(zone.UniqueTicket{Slot: e.slot, Token: e.token}) {
 		b.st.uniqueSkipped.Add(1)
 		return
 	}

@@ -107,8 +107,13 @@ func (z *Zone) ReapMembers() int {
 		for w != 0 {
 			i := k*64 + bits.TrailingZeros64(w)
 			w &= w - 1
-			if !z.memberAlive(i) {
+			// Taking member i's own lock proves it dead and keeps a new
+			// process from joining slot i (and leasing, and sleeping) until
+			// the slot is cleared: a probe then a clear would let a joiner in
+			// between lose its live lease to the clear.
+			if lockRange(z.mf, unix.F_WRLCK, z.memberLockOffset(i), false) == nil {
 				z.clearMember(i)
+				_ = lockRange(z.mf, unix.F_UNLCK, z.memberLockOffset(i), false)
 				n++
 			}
 		}

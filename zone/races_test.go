@@ -165,7 +165,7 @@ func TestTakeUniqueStaleTicket(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for !stop.Load() {
-			if t := stale.Load(); t != nil && z.TakeUnique(*t, 2) {
+			if t := stale.Load(); t != nil && z.TakeUnique(*t) {
 				stolen.Add(1)
 			}
 		}
@@ -177,10 +177,10 @@ func TestTakeUniqueStaleTicket(t *testing.T) {
 		if err != nil || !ok {
 			t.Fatalf("round %d: claim %v %v", i, ok, err)
 		}
-		if !z.TakeUnique(tk, 1) {
+		if !z.TakeUnique(tk) {
 			t.Fatalf("round %d: the fresh ticket was not taken first (a stale ticket took it)", i)
 		}
-		if z.TakeUnique(tk, 1) {
+		if z.TakeUnique(tk) {
 			t.Fatalf("round %d: a ticket taken twice", i)
 		}
 		stale.Store(&tk)
@@ -301,5 +301,66 @@ func TestRingBusy(t *testing.T) {
 	_, err := z.Ring().Write(Meta{}, []byte("x"))
 	if err == nil || !errors.Is(err, ErrRingBusy) {
 		t.Fatalf("write with every segment leased: %v", err)
+	}
+}
+
+// TestOvertakenWriterIsAGap: when a writer stalled between taking a
+// sequence and committing it stores its frame's place over the slot of a
+// sequence a whole index lap newer, readers of that newer record count it
+// as a gap (lost to a stalled writer), not as their own overrun.
+func TestOvertakenWriterIsAGap(t *testing.T) {
+	z := mustOpen(t, testOptions(t, MinSize))
+	r := z.Ring()
+	old, err := r.Write(Meta{}, []byte("o"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldLoc := r.slot(old).loc.Load()
+	for r.Tail() <= old+r.Slots() {
+		if _, err := r.Write(Meta{}, []byte("n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seq := old + r.Slots()
+	r.slot(seq).loc.Store(oldLoc) // the overtaken writer's late store
+	rd := r.NewReader(seq)
+	if rec, st := rd.TryRead(); st != Gap || rec.Seq != seq || rec.Lost != 1 {
+		t.Fatalf("got %v %+v, want a gap at %d", st, rec, seq)
+	}
+}
+
+// TestCloseEndsWrites: writes racing Close either finish before the zone
+// is unmapped or get ErrClosed; none touches the unmapped zone.
+func TestCloseEndsWrites(t *testing.T) {
+	o := testOptions(t, MinSize)
+	z, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var closed atomic.Int64
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := z.Ring()
+			for {
+				_, err := r.Write(Meta{}, make([]byte, 700))
+				if errors.Is(err, ErrClosed) {
+					closed.Add(1)
+					return
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
+	z.Close()
+	wg.Wait()
+	if closed.Load() != 4 {
+		t.Fatalf("%d writers saw ErrClosed, want 4", closed.Load())
 	}
 }

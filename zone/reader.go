@@ -161,6 +161,11 @@ func (rd *Reader) TryRead() (Record, Status) {
 		case stateSeq(w) == seq+1 && stateSt(w) == stCommitted:
 			m, ok := r.locate(seq, s)
 			if !ok {
+				if r.overtaken(seq, s) {
+					rd.advance(seq + 1)
+					rd.gaps++
+					return Record{Seq: seq, Lost: 1}, Gap
+				}
 				return rd.skipTo(seq + 1)
 			}
 			if rd.filter != nil && !rd.filter(m.kind, m.aux) {
@@ -233,6 +238,20 @@ func (r *Ring) locate(seq uint64, s *indexSlot) (frameMeta, bool) {
 	m.at += uint64(seg) * r.segSize
 	m.seg, m.lgen = seg, gen
 	return m, true
+}
+
+// overtaken reports whether seq's slot names the frame of a sequence a
+// whole number of index laps older: the place stored by a writer that
+// stalled between taking that older sequence and committing it, while
+// seq's writer committed. seq is lost to a stalled writer (a gap), not to
+// this reader's lag.
+func (r *Ring) overtaken(seq uint64, s *indexSlot) bool {
+	gen, seg, off := locSplit(s.loc.Load())
+	if uint64(seg) >= r.segments || leaseGen(r.seg(seg).lease.Load())&locGenMask != gen {
+		return false
+	}
+	m, ok := decodeFrame(r.data[uint64(seg)*r.segSize:(uint64(seg)+1)*r.segSize], off, r.maxRecord)
+	return ok && m.seq < seq && (seq-m.seq)&r.mask == 0
 }
 
 // intact reports whether m's segment is still in the lease generation it
@@ -386,7 +405,7 @@ func (rd *Reader) ready() bool {
 		return false
 	}
 	w := r.slot(seq).state.Load()
-	if stateSeq(w) > seq+1 || (stateSeq(w) == seq+1 && stateSt(w) != stWriting) {
+	if stateSeq(w) > seq+1 || (stateSeq(w) == seq+1 && (stateSt(w) == stCommitted || stateSt(w) == stAbandoned)) {
 		return true
 	}
 	return rd.since != 0 && uint64(nanotime())-rd.since >= uint64(rd.waitMax)

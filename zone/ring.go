@@ -46,6 +46,8 @@ var (
 	ErrRingBusy = errors.New("every ring segment is leased by a live writer process; make the zone larger or run fewer writer processes")
 	// ErrReadOnly is returned for a write to a zone attached read-only.
 	ErrReadOnly = errors.New("zone attached read-only")
+	// ErrClosed is returned for a write through a closed zone.
+	ErrClosed = errors.New("zone closed")
 	// ErrDamaged is returned when the ring's words are out of their bounds.
 	ErrDamaged = errors.New("zone ring damaged: sequence space exhausted")
 )
@@ -79,6 +81,11 @@ type Ring struct {
 	cur      atomic.Pointer[lease]
 	leaseMu  sync.Mutex
 	lastReap int64
+	// held are the leases taken and not yet seen released (the current one
+	// and full ones with writes in flight), for Close; closed ends writing.
+	held   []*lease
+	closed atomic.Bool
+	fence  atomic.Uint64
 
 	sleepMu sync.Mutex
 	asleep  [NumBells]int
@@ -248,6 +255,13 @@ func (r *Ring) alloc(size uint64) (*lease, uint64, error) {
 		l := r.cur.Load()
 		if l != nil {
 			v := l.word.Add(need<<24 | 1)
+			// Checked after the add: Close sets closed and then waits for
+			// the writes in flight, so either it waits for this one or this
+			// one sees closed and writes nothing.
+			if r.closed.Load() {
+				r.done(l)
+				return nil, 0, ErrClosed
+			}
 			if end := v >> 24; end <= r.segSize {
 				return l, end - need, nil
 			}
@@ -261,10 +275,16 @@ func (r *Ring) alloc(size uint64) (*lease, uint64, error) {
 
 // done ends one write into l. The last write into a full lease releases its
 // segment; the CAS names the generation, so a repeated release does nothing.
+// The release (once per segment) holds leaseMu, so that it never touches a
+// zone that close is unmapping.
 func (r *Ring) done(l *lease) {
 	v := l.word.Add(^uint64(0))
 	if v>>24 > r.segSize && v&inflightMask == 0 {
-		r.seg(l.seg).lease.CompareAndSwap(leaseWord(l.gen, uint32(r.self)+1), leaseWord(l.gen, 0))
+		r.leaseMu.Lock()
+		if !r.closed.Load() {
+			r.seg(l.seg).lease.CompareAndSwap(leaseWord(l.gen, uint32(r.self)+1), leaseWord(l.gen, 0))
+		}
+		r.leaseMu.Unlock()
 	}
 }
 
@@ -273,6 +293,9 @@ func (r *Ring) done(l *lease) {
 func (r *Ring) rotate(old *lease) error {
 	r.leaseMu.Lock()
 	defer r.leaseMu.Unlock()
+	if r.closed.Load() {
+		return ErrClosed
+	}
 	if r.cur.Load() != old {
 		return nil
 	}
@@ -281,6 +304,15 @@ func (r *Ring) rotate(old *lease) error {
 		r.cur.Store(nil)
 		return err
 	}
+	// Forget the leases that are full and have nothing in flight: their
+	// last write released them.
+	held := r.held[:0]
+	for _, h := range r.held {
+		if v := h.word.Load(); v>>24 <= r.segSize || v&inflightMask != 0 {
+			held = append(held, h)
+		}
+	}
+	r.held = append(held, l)
 	r.cur.Store(l)
 	return nil
 }
@@ -311,6 +343,9 @@ func (r *Ring) lease() (*lease, error) {
 			if o != 0 {
 				r.node.Reclaimed.Add(1)
 			}
+			// This RMW also keeps the new generation ordered before the
+			// lessee's first stores into the segment on arm64, where a
+			// CAS alone does not order later plain stores after it.
 			e.base.Store(r.hdr.dataTail.Add(r.segSize) - r.segSize)
 			r.z.member(r.self).Leases.Add(1)
 			start := uint64(i) * r.segSize
@@ -326,11 +361,26 @@ func (r *Ring) lease() (*lease, error) {
 	}
 }
 
-// release gives up this process's lease at Close.
-func (r *Ring) release() {
+// close ends writing through this mapping, at Close: later writes get
+// ErrClosed, and the writes in flight are waited for (for at most a
+// tenth of a second: a Pending never committed is given up) before the
+// caller frees the segments.
+func (r *Ring) close() {
 	r.leaseMu.Lock()
-	defer r.leaseMu.Unlock()
+	r.closed.Store(true)
 	r.cur.Store(nil)
+	held := r.held
+	r.held = nil
+	r.leaseMu.Unlock()
+	deadline := nanotime() + int64(100*time.Millisecond)
+	for _, l := range held {
+		for l.word.Load()&inflightMask != 0 && nanotime() < deadline {
+			time.Sleep(50 * time.Microsecond)
+		}
+	}
+	// A release already past its closed check finishes first.
+	r.leaseMu.Lock()
+	r.leaseMu.Unlock() // an empty section: a barrier
 }
 
 // Reserve is Write in two steps, for writers that build the payload in place
@@ -432,7 +482,11 @@ func (r *Ring) CountFor(from uint64, match func(kind uint32, aux uint64) bool) u
 			continue
 		}
 		m, ok := r.locate(seq, s)
-		if ok && match(m.kind, m.aux) && r.intact(m) {
+		if !ok || !match(m.kind, m.aux) {
+			continue
+		}
+		r.fence.Add(0) // the fields judged are read before the check
+		if r.intact(m) {
 			n++
 		}
 	}

@@ -23,9 +23,7 @@ type uniqueSlot struct {
 	// changes hands. Taking is one CAS from the token the event carries,
 	// so a ticket of an earlier key in the slot can never take this one.
 	ticket atomic.Uint64
-	// taker is the nonce of the worker that took the event (diagnostics).
-	taker atomic.Uint64
-	_     [24]byte
+	_      [32]byte
 }
 
 // ErrUniqueTableFull is returned when every run-once slot near a key's
@@ -75,7 +73,6 @@ func (h *Handle) ClaimUnique(key string, now time.Time, ttl time.Duration, token
 	s := h.z.uniqueSlot(uint32(free))
 	token |= 1
 	s.ticket.Store(0) // no stale ticket can take it while it changes
-	s.taker.Store(0)
 	s.hash0.Store(k[0])
 	s.hash1.Store(k[1])
 	s.expires.Store(nowNs + int64(ttl))
@@ -83,15 +80,11 @@ func (h *Handle) ClaimUnique(key string, now time.Time, ttl time.Duration, token
 	return UniqueTicket{Slot: uint32(free), Token: token}, true, nil
 }
 
-// TakeUnique lets one worker (named by its nonce) take the event of ticket
-// t; it returns true for exactly one caller. An event whose key slot was
+// TakeUnique lets one worker take the event of ticket t; it returns true
+// for exactly one caller. An event whose key slot was
 // reused meanwhile (its ttl long passed) is taken by nobody, and never
 // takes the newer key's event.
-func (z *Zone) TakeUnique(t UniqueTicket, nonce uint64) bool {
+func (z *Zone) TakeUnique(t UniqueTicket) bool {
 	s := z.uniqueSlot(t.Slot)
-	if t.Token&1 == 0 || !s.ticket.CompareAndSwap(t.Token, t.Token&^1) {
-		return false
-	}
-	s.taker.Store(nonce)
-	return true
+	return t.Token&1 != 0 && s.ticket.CompareAndSwap(t.Token, t.Token&^1)
 }

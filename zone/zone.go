@@ -316,7 +316,7 @@ func (z *Zone) Close() error {
 	var err error
 	if z.mf != nil {
 		if z.ring != nil {
-			z.ring.release()
+			z.ring.close()
 		}
 		z.clearMember(z.self)
 		z.mf.Close()
