@@ -133,10 +133,12 @@ type StatsReport struct {
 
 // RingStats describes the zone's ring.
 type RingStats struct {
-	Tail      uint64 `json:"tail"`
-	Slots     uint64 `json:"slots"`
-	DataBytes uint64 `json:"data_bytes"`
-	MaxRecord int    `json:"max_record"`
+	Tail        uint64 `json:"tail"`
+	Slots       uint64 `json:"slots"`
+	DataBytes   uint64 `json:"data_bytes"`
+	Segments    int    `json:"segments"`
+	SegmentSize int    `json:"segment_size"`
+	MaxRecord   int    `json:"max_record"`
 }
 
 func handleStats(w http.ResponseWriter, r *http.Request) error {
@@ -158,7 +160,8 @@ func (a *App) statsLocked() StatsReport {
 	rep.Events.Add(a.bus.Stats())
 	rep.Alerts.Add(a.alerts.Stats())
 	ring := a.zone.Ring()
-	rep.Ring = RingStats{Tail: ring.Tail(), Slots: ring.Slots(), DataBytes: ring.DataSize(), MaxRecord: ring.MaxRecord()}
+	rep.Ring = RingStats{Tail: ring.Tail(), Slots: ring.Slots(), DataBytes: ring.DataSize(), Segments: ring.Segments(),
+		SegmentSize: ring.SegmentSize(), MaxRecord: ring.MaxRecord()}
 	return rep
 }
 

@@ -45,6 +45,7 @@ var metricDescs = []metricDesc{
 	counter("worker_crashes_total", "Workers found dead without having left.", func(s *snapshotForMetrics) float64 { return float64(s.node.Crashes) }),
 	counter("missed_heartbeats_total", "Workers found alive but silent for longer than dead_after.", func(s *snapshotForMetrics) float64 { return float64(s.node.MissedHeartbeats) }),
 	counter("ring_gaps_total", "Ring records abandoned because their writer never committed them.", func(s *snapshotForMetrics) float64 { return float64(s.node.RingGaps) }),
+	counter("ring_segments_reclaimed_total", "Ring segments taken back from writer processes that died holding them.", func(s *snapshotForMetrics) float64 { return float64(s.node.SegmentsReclaimed) }),
 	counter("alerts_discarded_total", "Alerts addressed to crashed workers that they never read.", func(s *snapshotForMetrics) float64 { return float64(s.node.AlertsDiscarded) }),
 	gauge("live_workers", "Live workers of the node.", func(s *snapshotForMetrics) float64 { return float64(s.live) }),
 	gauge("ring_tail", "The next ring sequence number.", func(s *snapshotForMetrics) float64 { return float64(s.report.Ring.Tail) }),

@@ -128,7 +128,7 @@ func TestAdminStats(t *testing.T) {
 	if err := p.get("/ipcbus/stats", &rep); err != nil {
 		t.Fatal(err)
 	}
-	if rep.Worker != fmt.Sprintf("1-%d", p.pid()) || rep.Generation != 1 || rep.Ring.Slots == 0 || rep.Workers != 1 {
+	if rep.Worker != fmt.Sprintf("1-%d", p.pid()) || rep.Generation != 1 || rep.Ring.Slots == 0 || rep.Ring.Segments < 16 || rep.Ring.SegmentSize == 0 || rep.Workers != 1 {
 		t.Fatalf("stats %+v", rep)
 	}
 	// The same counters as Prometheus metrics on the admin /metrics endpoint.
@@ -139,7 +139,7 @@ func TestAdminStats(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(mresp.Body)
 	mresp.Body.Close()
-	for _, want := range []string{"caddy_ipcbus_live_workers 2", "caddy_ipcbus_node_starts_total 1", "caddy_ipcbus_events_posted_total"} {
+	for _, want := range []string{"caddy_ipcbus_live_workers 2", "caddy_ipcbus_node_starts_total 1", "caddy_ipcbus_events_posted_total", "caddy_ipcbus_ring_segments_reclaimed_total 0"} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

@@ -20,6 +20,9 @@ type NodeInfo struct {
 	MissedHeartbeats uint64    `json:"missed_heartbeats"`
 	RingGaps         uint64    `json:"ring_gaps"`
 	AlertsDiscarded  uint64    `json:"alerts_discarded"`
+	// SegmentsReclaimed counts ring segments taken back from writer
+	// processes that died holding them.
+	SegmentsReclaimed uint64 `json:"segments_reclaimed"`
 }
 
 // WorkerInfo is one entry of the worker table, as read now.
@@ -65,7 +68,7 @@ func Snapshot(z *zone.Zone) (NodeInfo, []WorkerInfo) {
 		StartedAt: unixTime(n.StartedAt.Load()), StoppedAt: unixTime(n.StoppedAt.Load()),
 		Starts: n.Starts.Load(), WorkerStarts: n.WorkerStarts.Load(), Reloads: n.Reloads.Load(),
 		Exits: n.Exits.Load(), Crashes: n.Crashes.Load(), MissedHeartbeats: n.MissedHeartbeats.Load(),
-		RingGaps: n.Gaps.Load(), AlertsDiscarded: n.AlertsDiscarded.Load(),
+		RingGaps: n.Gaps.Load(), AlertsDiscarded: n.AlertsDiscarded.Load(), SegmentsReclaimed: n.Reclaimed.Load(),
 	}
 	if ni.State == "" {
 		ni.State = "unknown"
