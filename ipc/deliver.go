@@ -39,6 +39,7 @@ func (c *IPC) Start() error {
 	pid := uint64(c.o.PID)
 	c.rd.SetFilter(func(kind uint32, aux uint64) bool { return kind == RecordKind && (aux == 0 || aux == pid) })
 	c.rd.SetBell(Bell)
+	c.rd.SetTarget(uint32(pid))
 	if c.o.WaitMax > 0 {
 		c.rd.SetWaitMax(c.o.WaitMax)
 	}

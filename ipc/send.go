@@ -80,6 +80,9 @@ func (c *IPC) send(pid int, name string, data []byte) error {
 		payload = []byte(blob)
 	}
 	meta := zone.Meta{Kind: RecordKind, PID: uint32(c.o.PID), Gen: uint32(c.o.Generation), Aux: uint64(pid), Bell: Bell}
+	if pid != 0 {
+		meta.Wake = zone.TargetBit(uint32(pid)) // only the addressee's readers wake
+	}
 	for attempt := 0; ; attempt++ {
 		_, err := c.ring.Write(meta, head[:n], payload)
 		if err == zone.ErrAbandoned && attempt < 3 {

@@ -12,22 +12,41 @@ import (
 // Futex operations (linux/futex.h), without FUTEX_PRIVATE_FLAG: the word is
 // shared between processes.
 const (
-	futexWaitOp = 0
-	futexWakeOp = 1
+	futexWakeOp       = 1
+	futexWaitBitsetOp = 9
+	futexWakeBitsetOp = 10
+	futexMatchAny     = 0xffffffff
 )
 
-// futexWait sleeps while *addr == val, at most d (forever when d < 0). It
-// uses the shared (not private) futex operations, so it works across
-// processes on a MAP_SHARED mapping. Spurious wakeups are allowed; callers
-// re-check their condition.
-func futexWait(addr *atomic.Uint32, val uint32, d time.Duration) {
-	var tsp unsafe.Pointer
-	var ts unix.Timespec
-	if d >= 0 {
-		ts = unix.NsecToTimespec(int64(d))
-		tsp = unsafe.Pointer(&ts)
-	}
-	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWaitOp, uintptr(val), uintptr(tsp), 0, 0)
+// A sleeper waits with a bitset and a waker wakes only the sleepers whose
+// bitset shares a bit with its own. The low 24 bits name targets (a
+// sleeper that wants only records for pid p sleeps with TargetBit(p)), the
+// high 8 bits are interrupt bits, one per reader of a process (modulo 8),
+// so that interrupting one reader does not wake every reader of the node.
+const (
+	targetBits    = 24
+	targetMask    = 1<<targetBits - 1
+	interruptBits = 8
+)
+
+// TargetBit is the wake-up bit of records addressed to pid (Meta.Wake).
+func TargetBit(pid uint32) uint32 { return 1 << (pid % targetBits) }
+
+// futexWaitBitset sleeps while *addr == val, at most d, and is woken only
+// by wakers whose bitset shares a bit with mask. It uses the shared (not
+// private) futex operations, so it works across processes on a MAP_SHARED
+// mapping. Spurious wakeups are allowed; callers re-check their condition.
+func futexWaitBitset(addr *atomic.Uint32, val uint32, d time.Duration, mask uint32) {
+	// FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline.
+	var now unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &now)
+	ts := unix.NsecToTimespec(now.Nano() + int64(d))
+	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWaitBitsetOp, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, uintptr(mask))
+}
+
+// futexWakeBitset wakes the sleepers on addr whose bitset shares a bit with mask.
+func futexWakeBitset(addr *atomic.Uint32, mask uint32) {
+	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWakeBitsetOp, 1<<30, 0, 0, uintptr(mask))
 }
 
 // futexWake wakes up to n sleepers on addr.
@@ -61,11 +80,12 @@ func (b *bell) asleep() bool {
 	return s[0].Load()|s[1].Load()|s[2].Load()|s[3].Load() != 0
 }
 
-// ring wakes every sleeper, if there is any.
-func (b *bell) ring() {
+// ring wakes the sleepers whose bitset shares a bit with mask, if anyone
+// sleeps on the bell.
+func (b *bell) ring(mask uint32) {
 	if b.asleep() {
 		b.word.Add(1)
-		futexWake(&b.word, 1<<30)
+		futexWakeBitset(&b.word, mask)
 	}
 }
 

@@ -365,3 +365,63 @@ func TestCloseEndsWrites(t *testing.T) {
 		t.Fatalf("%d writers saw ErrClosed, want 4", closed.Load())
 	}
 }
+
+// TestUnicastWakesOnlyTheAddressee: a record addressed to one pid (Meta.Wake)
+// wakes that pid's sleeping reader and not another's on the same doorbell
+// (a unicast alert used to wake every worker's alert reader).
+func TestUnicastWakesOnlyTheAddressee(t *testing.T) {
+	o := testOptions(t, MinSize)
+	w := mustOpen(t, o)
+	start := w.Ring().Tail()
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	reader := func(pid uint32) (*Reader, chan Record) {
+		rd := mustOpen(t, o).Ring().NewReader(start)
+		rd.SetBell(1)
+		rd.SetSpin(0)
+		rd.SetTarget(pid)
+		rd.SetFilter(func(_ uint32, aux uint64) bool { return aux == uint64(pid) })
+		got := make(chan Record, 1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				if rec, st := rd.Read(time.Minute); st == Got {
+					got <- rec
+				}
+			}
+		}()
+		return rd, got
+	}
+	x, gotX := reader(100)
+	y, gotY := reader(101)
+	defer func() {
+		stop.Store(true)
+		x.Interrupt()
+		y.Interrupt()
+		wg.Wait()
+	}()
+	for deadline := time.Now().Add(30 * time.Second); w.Doorbell(1).Sleepers() != 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the readers never slept")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	send := func(pid uint32, got chan Record) {
+		if _, err := w.Ring().Write(Meta{Aux: uint64(pid), Bell: 1, Wake: TargetBit(pid)}, []byte("a")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-got:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the reader of %d was not woken", pid)
+		}
+	}
+	for i := 0; i < 20; i++ {
+		send(100, gotX)
+	}
+	send(101, gotY)
+	if n := y.wakes.Load(); n > 3 {
+		t.Fatalf("the reader of 101 woke %d times for 20 records to 100 and 1 to it", n)
+	}
+}

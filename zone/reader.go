@@ -63,6 +63,9 @@ type Record struct {
 	Lost uint64
 }
 
+// readers numbers the readers of this process, for their interrupt bits.
+var readers atomic.Uint32
+
 // DefaultSpin is the default spin window of Read (see SetSpin).
 const DefaultSpin = 50 * time.Microsecond
 
@@ -76,6 +79,9 @@ type Reader struct {
 	spin    time.Duration
 	filter  func(kind uint32, aux uint64) bool
 	bell    int
+	// mask is the bitset the reader sleeps with: its targets (all, or
+	// TargetBit of one pid) and its interrupt bit.
+	mask, intr uint32
 	// since is when the reader first found an uncommitted record (monotonic
 	// ns, 0: not waiting), and horizon the tail it saw then: every sequence
 	// below horizon was taken before since, so once WaitMax has passed
@@ -89,6 +95,8 @@ type Reader struct {
 	fence atomic.Uint64
 	// sleeping is the bell the reader sleeps on, -1 when awake.
 	sleeping atomic.Int32
+	// wakes counts the sleeps that ended (a wake-up, a timeout, a signal).
+	wakes atomic.Uint64
 	// interrupted is set by Interrupt, from any goroutine.
 	interrupted atomic.Bool
 	// Totals, for stats.
@@ -100,6 +108,8 @@ type Reader struct {
 // as an Overrun first.
 func (r *Ring) NewReader(start uint64) *Reader {
 	rd := &Reader{r: r, next: start, waitMax: int64(DefaultWaitMax), spin: DefaultSpin}
+	rd.intr = 1 << (targetBits + readers.Add(1)%interruptBits)
+	rd.mask = targetMask | rd.intr
 	rd.sleeping.Store(-1)
 	return rd
 }
@@ -203,7 +213,7 @@ func (rd *Reader) TryRead() (Record, Status) {
 		}
 		if s.state.CompareAndSwap(w, stateWord(seq, stAbandoned)) {
 			r.node.Gaps.Add(1)
-			r.hdr.bells[bellAny].ring()
+			r.hdr.bells[bellAny].ring(futexMatchAny)
 		}
 	}
 }
@@ -350,7 +360,12 @@ func (rd *Reader) sleep(b int, d time.Duration) {
 	rd.sleeping.Store(int32(b))
 	v := r.arm(b)
 	if !rd.ready() && !rd.interrupted.Load() {
-		futexWait(&r.hdr.bells[b].word, v, d)
+		mask := rd.mask
+		if b == bellAny {
+			mask = futexMatchAny
+		}
+		futexWaitBitset(&r.hdr.bells[b].word, v, d, mask)
+		rd.wakes.Add(1)
 	}
 	r.disarm(b)
 	rd.sleeping.Store(-1)
@@ -361,13 +376,21 @@ func (rd *Reader) sleep(b int, d time.Duration) {
 func (rd *Reader) Interrupt() {
 	rd.interrupted.Store(true)
 	if b := rd.sleeping.Load(); b >= 0 {
-		rd.r.z.Doorbell(int(b)).Wake()
+		// Bumping the word makes a sleep about to start return; the wake
+		// reaches this reader's interrupt bit only.
+		w := &rd.r.hdr.bells[b].word
+		w.Add(1)
+		futexWakeBitset(w, rd.intr)
 	}
 }
 
 // SetBell makes Read sleep on doorbell i (0 or 1): the one rung by the
 // writers of the records this reader wants.
 func (rd *Reader) SetBell(i int) { rd.bell = i % bellAny }
+
+// SetTarget makes Read woken only by commits addressed to pid (Meta.Wake
+// set to TargetBit(pid)) or to everyone (Meta.Wake 0).
+func (rd *Reader) SetTarget(pid uint32) { rd.mask = TargetBit(pid) | rd.intr }
 
 // spinReady waits for the next record without sleeping: a short busy spin,
 // then sched_yield between checks until the spin window passes.

@@ -169,6 +169,9 @@ type Meta struct {
 	// Bell is the doorbell rung after the commit (0 or 1): readers sleep
 	// on the bell of the records they want.
 	Bell uint8
+	// Wake, when not 0, wakes only the sleepers on Bell that want these
+	// bits (TargetBit of the pid a record is addressed to); 0 wakes all.
+	Wake uint32
 }
 
 // Write appends one record whose payload is the concatenation of parts and
@@ -190,7 +193,7 @@ func (r *Ring) Write(m Meta, parts ...[]byte) (uint64, error) {
 		pos += uint64(copy(l.mem[pos:], p))
 	}
 	f := r.fill(l, off, m, n)
-	seq, err := r.publish(f, locWord(l.gen, l.seg, off), m.Bell)
+	seq, err := r.publish(f, locWord(l.gen, l.seg, off), m)
 	r.done(l)
 	return seq, err
 }
@@ -205,18 +208,18 @@ func (r *Ring) fill(l *lease, off uint64, m Meta, n uint64) *frame {
 
 // publish takes a sequence number for the frame f, written whole, and
 // commits it as the record at loc.
-func (r *Ring) publish(f *frame, loc uint64, bell uint8) (uint64, error) {
+func (r *Ring) publish(f *frame, loc uint64, m Meta) (uint64, error) {
 	seq := r.hdr.tail.Add(1) - 1
 	if seq >= maxTail {
 		return seq, ErrDamaged
 	}
 	f.seq = seq
-	return seq, r.commit(seq, loc, bell)
+	return seq, r.commit(seq, loc, m)
 }
 
 // commit names the frame at loc in seq's index slot and commits it, unless
 // readers abandoned seq or a newer sequence took the slot.
-func (r *Ring) commit(seq, loc uint64, bell uint8) error {
+func (r *Ring) commit(seq, loc uint64, m Meta) error {
 	s := r.slot(seq)
 	for {
 		w := s.state.Load()
@@ -238,8 +241,12 @@ func (r *Ring) commit(seq, loc uint64, bell uint8) error {
 			break
 		}
 	}
-	r.hdr.bells[bell%bellAny].ring()
-	r.hdr.bells[bellAny].ring()
+	wake := m.Wake
+	if wake == 0 {
+		wake = futexMatchAny
+	}
+	r.hdr.bells[m.Bell%bellAny].ring(wake)
+	r.hdr.bells[bellAny].ring(futexMatchAny)
 	return nil
 }
 
@@ -397,7 +404,7 @@ func (r *Ring) Reserve(m Meta, n int) (*Pending, error) {
 	f := r.fill(l, off, m, uint64(n))
 	seq := r.hdr.tail.Add(1) - 1
 	f.seq = seq
-	return &Pending{r: r, l: l, seq: seq, off: off, pos: off + frameSize, left: uint64(n), bell: m.Bell}, nil
+	return &Pending{r: r, l: l, seq: seq, off: off, pos: off + frameSize, left: uint64(n), m: m}, nil
 }
 
 // Pending is a reserved, uncommitted record.
@@ -408,7 +415,7 @@ type Pending struct {
 	off  uint64
 	pos  uint64
 	left uint64
-	bell uint8
+	m    Meta
 	done bool
 }
 
@@ -430,7 +437,7 @@ func (p *Pending) Commit() error {
 		return errors.New("zone: record already committed")
 	}
 	p.done = true
-	err := p.r.commit(p.seq, locWord(p.l.gen, p.l.seg, p.off), p.bell)
+	err := p.r.commit(p.seq, locWord(p.l.gen, p.l.seg, p.off), p.m)
 	p.r.done(p.l)
 	return err
 }
