@@ -203,6 +203,10 @@ func New(o Options) (*IPC, error) {
 		return nil, fmt.Errorf("invalid ipc options: send timeout %v must be positive, max lag %d at most the ring's %d records", o.SendTimeout, o.MaxLag, r.Slots())
 	}
 	o.InlineLimit = min(o.InlineLimit, r.MaxRecord()-2-MaxNameLen)
+	// Receivers asleep through records they do not want (alerts to other
+	// processes, events) are woken often enough to stay well inside the
+	// lag limit, so that backpressure never blames an idle receiver.
+	r.WakeAllEvery(o.MaxLag / 4)
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}

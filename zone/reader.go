@@ -309,9 +309,12 @@ func (rd *Reader) skipTo(to uint64) (Record, Status) {
 
 // Read reads the next record, sleeping on the zone's doorbell for at most
 // timeout while there is nothing to read. It returns Empty when the timeout
-// passes, or when Interrupt was called, with nothing read.
+// passes, or when Interrupt was called, with nothing read, and also before
+// it would go back to sleep having skipped filtered records, so that the
+// caller can publish how far it has read (Next).
 func (rd *Reader) Read(timeout time.Duration) (Record, Status) {
 	var deadline time.Time
+	from := rd.next
 	for {
 		rec, st := rd.TryRead()
 		if st != Empty && st != Waiting {
@@ -326,6 +329,9 @@ func (rd *Reader) Read(timeout time.Duration) (Record, Status) {
 		// read without sleeping and waking once per record.
 		if rd.spinReady() {
 			continue
+		}
+		if rd.next != from {
+			return rec, Empty
 		}
 		now := time.Now()
 		if deadline.IsZero() {

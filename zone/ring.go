@@ -78,6 +78,13 @@ type Ring struct {
 	// wallBase turns the monotonic clock into Unix ns.
 	wallBase int64
 
+	// wakeAll is a mask: a commit whose sequence has none of its bits
+	// set wakes every sleeper of every doorbell, so that a reader that
+	// wants none of the records written (alerts to other processes,
+	// events for an alerts reader) still moves its cursor on and never
+	// looks behind, or is lapped, by records it does not want.
+	wakeAll atomic.Uint64
+
 	cur      atomic.Pointer[lease]
 	leaseMu  sync.Mutex
 	lastReap int64
@@ -106,7 +113,7 @@ const inflightMask = 1<<24 - 1
 
 func newRing(z *Zone) *Ring {
 	g := z.geo
-	return &Ring{
+	r := &Ring{
 		z:         z,
 		hdr:       z.hdr,
 		index:     unsafe.Pointer(&z.mem[g.indexOff]),
@@ -120,6 +127,25 @@ func newRing(z *Zone) *Ring {
 		node:      &z.hdr.node,
 		self:      -1,
 		wallBase:  time.Now().UnixNano() - nanotime(),
+	}
+	r.wakeAll.Store(max(g.indexSlots/8, 1) - 1)
+	return r
+}
+
+// WakeAllEvery makes this process's commits wake every sleeper at least
+// every n records (rounded down to a power of two; it only ever lowers the
+// period): readers then lag at most about n records behind records they
+// do not want. The default is an eighth of the ring.
+func (r *Ring) WakeAllEvery(n uint64) {
+	p := uint64(1)
+	for p*2 <= n {
+		p *= 2
+	}
+	for {
+		m := r.wakeAll.Load()
+		if p-1 >= m || r.wakeAll.CompareAndSwap(m, p-1) {
+			return
+		}
 	}
 }
 
@@ -240,6 +266,12 @@ func (r *Ring) commit(seq, loc uint64, m Meta) error {
 		if s.state.CompareAndSwap(w, stateWord(seq, stCommitted)) {
 			break
 		}
+	}
+	if seq&r.wakeAll.Load() == 0 {
+		for b := range r.hdr.bells {
+			r.hdr.bells[b].ring(futexMatchAny)
+		}
+		return nil
 	}
 	wake := m.Wake
 	if wake == 0 {
@@ -443,8 +475,10 @@ func (p *Pending) Commit() error {
 }
 
 // Lag reports how far a reader whose next record is cursor is behind the
-// writers: in records, and in data bytes (from the position of the record
-// at cursor, while the ring still holds it; else the whole data area).
+// writers: in records, and in data bytes: the segments leased since the
+// one that holds the record at cursor (which are what will overwrite it:
+// a reader within the newest segments lags 0 bytes), or the whole data
+// area when the ring no longer holds the record.
 func (r *Ring) Lag(cursor uint64) (records, bytes uint64) {
 	tail := r.hdr.tail.Load()
 	if cursor >= tail {
@@ -459,7 +493,7 @@ func (r *Ring) Lag(cursor uint64) (records, bytes uint64) {
 	if stateSeq(w) < cursor+1 {
 		return records, 0 // not published yet: what follows is being written now
 	}
-	gen, seg, off := locSplit(s.loc.Load())
+	gen, seg, _ := locSplit(s.loc.Load())
 	if stateSeq(w) != cursor+1 || uint64(seg) >= r.segments {
 		return records, r.DataSize()
 	}
@@ -468,8 +502,8 @@ func (r *Ring) Lag(cursor uint64) (records, bytes uint64) {
 	if leaseGen(e.lease.Load())&locGenMask != gen {
 		return records, r.DataSize()
 	}
-	if dt := r.hdr.dataTail.Load(); dt > base+off {
-		bytes = min(dt-base-off, r.DataSize())
+	if dt := r.hdr.dataTail.Load(); dt > base+r.segSize {
+		bytes = min(dt-base-r.segSize, r.DataSize())
 	}
 	return records, bytes
 }
