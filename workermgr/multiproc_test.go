@@ -88,3 +88,45 @@ func TestKilledProcessSeenCrashed(t *testing.T) {
 		t.Fatalf("the dead reader still counts as %d sleepers: every commit would pay a wake-up", n)
 	}
 }
+
+// TestCrashSeenByDefault: with every setting at its default, probes run
+// every 250 ms, and a SIGKILLed worker is recorded crashed by the first or
+// second probe after the kill (counted in probes, not in wall time). The
+// check of the defaults catches "the liveness probe every 1.5 s instead of
+// 250 ms", which the timed bound (run with heartbeat 200ms) survived.
+func TestCrashSeenByDefault(t *testing.T) {
+	z := openZone(t)
+	rec := &recorder{}
+	w := join(t, z, 1, rec, func(c *Config) { *c = Config{Generation: 1, OnEvent: rec.on} })
+	if w.cfg.ProbeInterval != 250*time.Millisecond || w.cfg.Heartbeat != time.Second || w.cfg.DeadAfter != 5*time.Second {
+		t.Fatalf("defaults: probe %v, heartbeat %v, dead_after %v; the README documents 250ms, 1s, 5s", w.cfg.ProbeInterval, w.cfg.Heartbeat, w.cfg.DeadAfter)
+	}
+	dir := z.Path()[:strings.LastIndex(z.Path(), "/")]
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "WORKERMGR_HELPER_DIR="+dir)
+	cmd.Stderr = os.Stderr
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	probes := w.stats.probes.Load()
+	killed := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("the helper exited cleanly, want killed")
+	}
+	for deadline := time.Now().Add(30 * time.Second); z.Node().Crashes.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no crash recorded 30s after SIGKILL")
+		}
+	}
+	if n := w.stats.probes.Load() - probes; n > 2 {
+		t.Fatalf("the crash was seen after %d probes, want the first or second after the kill", n)
+	}
+	t.Logf("crash seen %v after SIGKILL", time.Since(killed))
+}
