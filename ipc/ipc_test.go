@@ -49,7 +49,9 @@ func endpoint(t testing.TB, z *zone.Zone, gen int, mod ...func(*Options)) (*IPC,
 func TestLimits(t *testing.T) {
 	z := openZone(t, zone.MinSize)
 	c, _ := endpoint(t, z, 1)
-	c.Start()
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
 	// 4 GiB of address space that is never touched, for the data limit.
 	huge, err := unix.Mmap(-1, 0, MaxDataLen+1, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANON|unix.MAP_NORESERVE)
 	if err != nil {
@@ -104,7 +106,9 @@ func TestSelfDeliveryAsync(t *testing.T) {
 		}
 	})
 	c.Receive("pong", func(a *Alert) { got <- string(a.Data) })
-	c.Start()
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.Send(os.Getpid(), "ping", []byte("hi")); err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +133,9 @@ func TestReceiveReplaceRemoveDefault(t *testing.T) {
 	c.Receive("a", func(*Alert) { add("second") })
 	c.Receive("b", func(*Alert) { add("b") })
 	c.Receive("b", nil)
-	c.Start()
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
 	me := os.Getpid()
 	c.Send(me, "a", nil)
 	c.Send(me, "b", nil)
@@ -154,55 +160,90 @@ func TestReceiveReplaceRemoveDefault(t *testing.T) {
 }
 
 // TestHandOff streams 20,000 alerts to this process while a second worker
-// of it starts (a reload) and, in the rollback case, stops again (a failed
-// reload, so the first takes the alerts back). Either way every alert is
-// handled exactly once, in order.
+// starts (and, for the rollback, stops again) in the middle of the stream:
+// each alert is handled once, in order, and both workers handle some (the
+// hand-off fell mid-stream). The new worker starts once the old one has
+// handled a first part, and the rollback once the new one has: counted,
+// not slept for.
 func TestHandOff(t *testing.T) {
 	for _, rollback := range []bool{false, true} {
-		name := map[bool]string{false: "reload", true: "rollback"}[rollback]
+		name := "reload"
+		if rollback {
+			name = "rollback"
+		}
 		t.Run(name, func(t *testing.T) {
 			z := openZone(t, 8<<20)
 			var mu sync.Mutex
 			var handled []int
-			record := func(a *Alert) {
-				var n int
-				fmt.Sscan(string(a.Data), &n)
+			by := map[string]int{}
+			record := func(who string) Handler {
+				return func(a *Alert) {
+					var n int
+					fmt.Sscan(string(a.Data), &n)
+					mu.Lock()
+					handled = append(handled, n)
+					by[who]++
+					mu.Unlock()
+				}
+			}
+			count := func(who string) int {
 				mu.Lock()
-				handled = append(handled, n)
-				mu.Unlock()
+				defer mu.Unlock()
+				if who == "" {
+					return len(handled)
+				}
+				return by[who]
+			}
+			waitFor := func(what string, cond func() bool) {
+				t.Helper()
+				for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(100 * time.Microsecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("timed out waiting for %s", what)
+					}
+				}
 			}
 			old, _ := endpoint(t, z, 1)
-			old.Receive("n", record)
-			old.Start()
+			old.Receive("n", record("old"))
+			if err := old.Start(); err != nil {
+				t.Fatal(err)
+			}
 			const total = 20000
-			done := make(chan struct{})
+			errs := make(chan error, 1)
 			go func() {
-				defer close(done)
 				for i := 0; i < total; i++ {
 					if err := old.Send(os.Getpid(), "n", []byte(fmt.Sprint(i))); err != nil {
-						t.Error(err)
+						errs <- err
 						return
 					}
 				}
+				errs <- nil
 			}()
-			time.Sleep(2 * time.Millisecond)
+			waitFor("the old worker to handle 1,000", func() bool { return count("old") >= 1000 })
 			nw, _ := endpoint(t, z, 2)
-			nw.Receive("n", record)
-			nw.Start()
-			if rollback {
-				time.Sleep(5 * time.Millisecond)
-				nw.Close()
+			nw.Receive("n", record("new"))
+			if err := nw.Start(); err != nil {
+				t.Fatal(err)
 			}
-			<-done
-			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-				mu.Lock()
-				n := len(handled)
-				mu.Unlock()
-				if n >= total {
-					break
+			if rollback {
+				waitFor("the new worker to handle one", func() bool { return count("new") >= 1 })
+				if err := nw.Close(); err != nil {
+					t.Fatal(err)
 				}
 			}
-			time.Sleep(50 * time.Millisecond) // and no duplicate comes late
+			select {
+			case err := <-errs:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("sending did not finish within 60s")
+			}
+			waitFor("every alert handled", func() bool { return count("") >= total })
+			// Both loops past every alert: a duplicate would have come by now.
+			end := z.Ring().Tail()
+			waitFor("both workers past the stream", func() bool {
+				return old.next.Load() >= end && (rollback || nw.next.Load() >= end)
+			})
 			mu.Lock()
 			defer mu.Unlock()
 			if len(handled) != total {
@@ -212,6 +253,9 @@ func TestHandOff(t *testing.T) {
 				if n != i {
 					t.Fatalf("alert %d handled at position %d", n, i)
 				}
+			}
+			if by["old"] < 1000 || by["new"] == 0 || (!rollback && by["old"] == total) {
+				t.Fatalf("handled by old %d, by new %d: the hand-off did not fall mid-stream", by["old"], by["new"])
 			}
 		})
 	}

@@ -37,7 +37,11 @@ func helper(dir string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	c, _ := New(Options{Zone: z, PID: os.Getpid(), Generation: 1})
+	c, err := New(Options{Zone: z, PID: os.Getpid(), Generation: 1})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	c.SetWorkerSlot(w.Slot())
 	c.Receive("ping", func(a *Alert) { a.Reply("pong", a.Data) })
 	next, ordered := 0, true
@@ -61,7 +65,10 @@ func helper(dir string) int {
 	})
 	c.Receive("big", func(a *Alert) { c.Reply("big", a.Data) })
 	c.Receive("bcast", func(a *Alert) { a.Reply("bcast-ack", []byte(strconv.Itoa(os.Getpid()))) })
-	c.Start()
+	if err := c.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	fmt.Println("ready")
 	time.Sleep(time.Hour)
 	return 0
@@ -120,7 +127,9 @@ func TestAcrossProcesses(t *testing.T) {
 	z := openZone(t, 64<<20)
 	c, _ := endpoint(t, z, 1)
 	in := collect(c, "pong", "flood-result", "long-result", "big", "bcast", "bcast-ack")
-	c.Start()
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
 	p1, p2, p3 := spawn(t, z), spawn(t, z), spawn(t, z)
 
 	t.Run("send then reply to the sender", func(t *testing.T) {
@@ -217,7 +226,9 @@ func TestAcrossProcesses(t *testing.T) {
 func TestSlowReceiver(t *testing.T) {
 	z := openZone(t, 8<<20)
 	c, _ := endpoint(t, z, 1, func(o *Options) { o.MaxLag = 100; o.SendTimeout = 200 * time.Millisecond })
-	c.Start()
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
 	p := spawn(t, z)
 	p.cmd.Process.Signal(syscall.SIGSTOP)
 	defer p.cmd.Process.Signal(syscall.SIGCONT)
@@ -244,7 +255,10 @@ func TestSlowReceiver(t *testing.T) {
 	}
 	t.Logf("sender held back after %d alerts: %v", sent, err)
 
-	d, _ := New(Options{Zone: z, PID: os.Getpid(), Generation: 1, MaxLag: 100, Overflow: Drop})
+	d, err := New(Options{Zone: z, PID: os.Getpid(), Generation: 1, MaxLag: 100, Overflow: Drop})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := d.Send(p.pid, "flood", nil); !errors.Is(err, ErrReceiverSlow) || d.Stats().Dropped != 1 {
 		t.Fatalf("drop policy: %v, dropped %d", err, d.Stats().Dropped)
 	}
