@@ -170,7 +170,7 @@ func TestPostAndPostLocal(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(got[1]) != 1 || got[1][0].Name != "shared" || string(got[1][0].Data) != `{"X":1,"Y":2}` || !got[1][0].JSON || got[1][0].PID != 1 || got[1][0].Generation != 1 || got[1][0].Seq == 0 && got[1][0].Time.IsZero() {
+	if len(got[1]) != 1 || got[1][0].Name != "shared" || string(got[1][0].Data) != `{"X":1,"Y":2}` || !got[1][0].JSON || got[1][0].PID != 1 || got[1][0].Generation != 1 || got[1][0].Seq == 0 || got[1][0].Time.IsZero() {
 		t.Fatalf("other worker got %+v", got[1])
 	}
 	if len(got[0]) != 2 {
