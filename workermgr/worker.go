@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
@@ -279,9 +280,22 @@ func (w *Worker) counts(pid, gen int, hadOlder, hadNewer bool) (prev, mine, next
 	return prev, mine, next
 }
 
+// logLevel is the level an event is logged at: a crash at error, a hang
+// at warn, the rest (node start and stop, starts, reloads, exits,
+// recoveries) at info.
+func logLevel(ev Event) zapcore.Level {
+	switch {
+	case ev.Kind == WorkerCrashed && ev.Reason == ReasonHung:
+		return zap.WarnLevel
+	case ev.Kind == WorkerCrashed:
+		return zap.ErrorLevel
+	}
+	return zap.InfoLevel
+}
+
 // emit runs the callback, surviving its panics.
 func (w *Worker) emit(ev Event) {
-	if ce := w.log.Check(zap.InfoLevel, "ipcbus "+ev.Kind.String()); ce != nil {
+	if ce := w.log.Check(logLevel(ev), "ipcbus "+ev.Kind.String()); ce != nil {
 		fields := []zap.Field{zap.String("id", ev.ID), zap.Stringer("n_prev", ev.Prev), zap.Stringer("n_mine", ev.Mine), zap.Stringer("n_next", ev.Next)}
 		if ev.Reason != ReasonNone {
 			fields = append(fields, zap.Stringer("reason", ev.Reason))

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/ipcbus/caddy-ipcbus/zone"
@@ -230,6 +231,27 @@ func TestCount(t *testing.T) {
 		j, _ := c.c.MarshalJSON()
 		if c.c.String() != c.s || string(j) != c.j {
 			t.Errorf("%+v: %s %s", c.c, c.c.String(), j)
+		}
+	}
+}
+
+// TestLogLevels: a crash is logged at error, a hang at warn, the rest of
+// the lifecycle at info (an operator's alerting keys on the level).
+func TestLogLevels(t *testing.T) {
+	tests := []struct {
+		ev   Event
+		want zapcore.Level
+	}{
+		{Event{Kind: WorkerCrashed, Reason: ReasonCrash}, zapcore.ErrorLevel},
+		{Event{Kind: WorkerCrashed, Reason: ReasonHung}, zapcore.WarnLevel},
+		{Event{Kind: WorkerExited, Reason: ReasonReload}, zapcore.InfoLevel},
+		{Event{Kind: NodeStarted}, zapcore.InfoLevel},
+		{Event{Kind: NodeStopped}, zapcore.InfoLevel},
+		{Event{Kind: WorkerRecovered}, zapcore.InfoLevel},
+	}
+	for _, tt := range tests {
+		if got := logLevel(tt.ev); got != tt.want {
+			t.Errorf("%s %s logged at %v, want %v", tt.ev.Kind, tt.ev.Reason, got, tt.want)
 		}
 	}
 }
