@@ -148,11 +148,13 @@ func (c *IPC) loop(prev *IPC) {
 		rec, st := c.rd.Read(time.Second)
 		c.skipMu.Lock()
 		if c.rewind {
-			// A newer worker stopped (a rolled-back reload): handle what it
-			// would have, from where it stopped, with no skip window. If
-			// that is behind this reader, seek back (the record just read
-			// is read again); else go on with the record just read.
-			c.skipLo, c.skipHi, c.rewind = math.MaxUint64, math.MaxUint64, false
+			// A newer worker stopped (a rolled-back reload): it handled
+			// the records from the hand-off to where it stopped, and this
+			// worker handles the rest: the skip window ends there. If this
+			// reader is past that point, seek back to it (the record just
+			// read is read again); else go on, skipping what the newer
+			// worker handled (the record just read may be one of them).
+			c.skipHi, c.rewind = c.rewindTo, false
 			if c.rewindTo < c.rd.Next() {
 				c.rd.Seek(c.rewindTo)
 				c.skipMu.Unlock()

@@ -209,8 +209,17 @@ func TestHandOff(t *testing.T) {
 			}
 			const total = 20000
 			errs := make(chan error, 1)
+			started, closed := make(chan struct{}), make(chan struct{})
 			go func() {
+				// A third of the stream before the new worker starts, a third
+				// while it runs, the rest after the rollback (or as well).
 				for i := 0; i < total; i++ {
+					switch i {
+					case total / 3:
+						<-started
+					case 2 * total / 3:
+						<-closed
+					}
 					if err := old.Send(os.Getpid(), "n", []byte(fmt.Sprint(i))); err != nil {
 						errs <- err
 						return
@@ -224,12 +233,14 @@ func TestHandOff(t *testing.T) {
 			if err := nw.Start(); err != nil {
 				t.Fatal(err)
 			}
+			close(started)
 			if rollback {
 				waitFor("the new worker to handle one", func() bool { return count("new") >= 1 })
 				if err := nw.Close(); err != nil {
 					t.Fatal(err)
 				}
 			}
+			close(closed)
 			select {
 			case err := <-errs:
 				if err != nil {

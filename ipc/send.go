@@ -114,12 +114,15 @@ func (c *IPC) admit(pid int) error {
 		if pid != 0 && !found {
 			return NoWorkerError{PID: pid}
 		}
-		if lagRec <= c.o.MaxLag && lagBytes <= r.DataSize()/2 {
+		// In bytes, a receiver is held to: a quarter of the data area can
+		// still be written before its next record is overwritten.
+		maxBytes := r.DataSize() / 4 * 3
+		if lagRec <= c.o.MaxLag && lagBytes <= maxBytes {
 			c.bmu.Lock()
 			if len(c.bounds) > 1024 {
 				clear(c.bounds)
 			}
-			c.bounds[pid] = bound{tail: r.Tail() + (c.o.MaxLag - lagRec), data: r.DataTail() + (r.DataSize()/2 - lagBytes), at: now}
+			c.bounds[pid] = bound{tail: r.Tail() + (c.o.MaxLag - lagRec), data: r.DataTail() + (maxBytes - lagBytes), at: now}
 			c.bmu.Unlock()
 			return nil
 		}
@@ -130,6 +133,11 @@ func (c *IPC) admit(pid int) error {
 		if deadline.IsZero() {
 			deadline = now.Add(c.o.SendTimeout)
 			c.st.waits.Add(1)
+			if i := c.slot.Load(); i >= 0 && c.inHandler() {
+				ws := c.z.Worker(int(i))
+				ws.SendWaiting.Store(1)
+				defer ws.SendWaiting.Store(0)
+			}
 		} else if time.Now().After(deadline) {
 			return fmt.Errorf("%w: process %d stayed %d alerts behind (limit %d) for %v", ErrReceiverSlow, slowest, lagRec, c.o.MaxLag, c.o.SendTimeout)
 		}
@@ -150,7 +158,7 @@ type bound struct {
 // when it sends from one of its handlers (it cannot read on meanwhile).
 func (c *IPC) scan(pid int) (found bool, slowest int, lagRec, lagBytes uint64) {
 	self := int64(-1)
-	if c.loopGID.Load() != 0 && c.loopGID.Load() == goid.Get() {
+	if c.inHandler() {
 		self = c.slot.Load()
 	}
 	for i := 0; i < c.z.Workers(); i++ {
@@ -164,8 +172,8 @@ func (c *IPC) scan(pid int) (found bool, slowest int, lagRec, lagBytes uint64) {
 			found = true
 		}
 		cur := s.AlertCursor.Load()
-		if cur == 0 || st == zone.WorkerHung || int64(i) == self {
-			continue // no alerts receiver, hung, or the caller itself
+		if cur == 0 || st == zone.WorkerHung || int64(i) == self || s.SendWaiting.Load() != 0 {
+			continue // no alerts receiver, hung, the caller itself, or waiting on another
 		}
 		rec, bytes := c.ring.Lag(cur - 1)
 		if rec > lagRec || bytes > lagBytes {
@@ -174,6 +182,12 @@ func (c *IPC) scan(pid int) (found bool, slowest int, lagRec, lagBytes uint64) {
 		lagRec, lagBytes = max(lagRec, rec), max(lagBytes, bytes)
 	}
 	return found, slowest, lagRec, lagBytes
+}
+
+// inHandler reports whether the caller runs on this IPC's delivery
+// goroutine: inside one of its handlers.
+func (c *IPC) inHandler() bool {
+	return c.loopGID.Load() != 0 && c.loopGID.Load() == goid.Get()
 }
 
 // Reply sends an alert to the sender of the alert being handled. It is

@@ -230,7 +230,12 @@ type WorkerSlot struct {
 	// AlertCursor is the ring sequence the worker's IPC reader reads next;
 	// senders hold back when it lags too far (backpressure).
 	AlertCursor atomic.Uint64
-	_           [56]byte
+	// SendWaiting is 1 while one of the worker's alert handlers waits in a
+	// send for a slow receiver: its own reader is stopped meanwhile, and
+	// senders do not wait for it (two handlers waiting for each other
+	// would each wait out the send timeout).
+	SendWaiting atomic.Uint32
+	_           [52]byte
 }
 
 // Worker slot states.

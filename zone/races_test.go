@@ -425,3 +425,36 @@ func TestUnicastWakesOnlyTheAddressee(t *testing.T) {
 		t.Fatalf("the reader of 101 woke %d times for 20 records to 100 and 1 to it", n)
 	}
 }
+
+// TestLagBytes: a record in a segment still leased is in no danger (0
+// bytes), and once released, its lag in bytes grows by a segment with
+// each lease the cursor makes on its way to it, up to the whole data area.
+func TestLagBytes(t *testing.T) {
+	o := testOptions(t, MinSize)
+	a, b := mustOpen(t, o), mustOpen(t, o)
+	seq, err := a.Ring().Write(Meta{}, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := b.Ring()
+	if _, bytes := r.Lag(seq); bytes != 0 {
+		t.Fatalf("a record in a leased segment lags %d bytes, want 0", bytes)
+	}
+	a.Close() // releases the segment
+	var last uint64
+	p := make([]byte, r.MaxRecord())
+	for i := 0; i < 10*r.Segments(); i++ {
+		if _, err := r.Write(Meta{}, p); err != nil {
+			t.Fatal(err)
+		}
+		recs, bytes := r.Lag(seq)
+		if recs > r.Slots() || bytes == r.DataSize() {
+			return // overwritten, or next in line: the whole area
+		}
+		if bytes < last || bytes%r.segSize != 0 {
+			t.Fatalf("after %d writes: %d bytes behind, before %d", i, bytes, last)
+		}
+		last = bytes
+	}
+	t.Fatalf("the record's segment never came round (last lag %d bytes)", last)
+}

@@ -82,7 +82,8 @@ type Ring struct {
 	// set wakes every sleeper of every doorbell, so that a reader that
 	// wants none of the records written (alerts to other processes,
 	// events for an alerts reader) still moves its cursor on and never
-	// looks behind, or is lapped, by records it does not want.
+	// looks behind, or is lapped, by records it does not want. Every new
+	// lease does the same, for the data area.
 	wakeAll atomic.Uint64
 
 	cur      atomic.Pointer[lease]
@@ -353,6 +354,12 @@ func (r *Ring) rotate(old *lease) error {
 	}
 	r.held = append(held, l)
 	r.cur.Store(l)
+	// A new lease brings a segment nearer to reuse: wake every sleeper,
+	// so that readers wanting none of the records written meanwhile move
+	// their cursors on (in bytes, as wakeAll does in records).
+	for b := range r.hdr.bells {
+		r.hdr.bells[b].ring(futexMatchAny)
+	}
 	return nil
 }
 
@@ -475,10 +482,12 @@ func (p *Pending) Commit() error {
 }
 
 // Lag reports how far a reader whose next record is cursor is behind the
-// writers: in records, and in data bytes: the segments leased since the
-// one that holds the record at cursor (which are what will overwrite it:
-// a reader within the newest segments lags 0 bytes), or the whole data
-// area when the ring no longer holds the record.
+// writers: in records, and in data bytes, which say how close the record
+// at cursor is to being overwritten: 0 while its segment is still leased
+// (a live lessee's segment is never reused), else the data area less what
+// can still be leased before the lease cursor comes to the segment (the
+// free segments on its way): the whole data area when the segment is next
+// in line, or already gone.
 func (r *Ring) Lag(cursor uint64) (records, bytes uint64) {
 	tail := r.hdr.tail.Load()
 	if cursor >= tail {
@@ -497,15 +506,20 @@ func (r *Ring) Lag(cursor uint64) (records, bytes uint64) {
 	if stateSeq(w) != cursor+1 || uint64(seg) >= r.segments {
 		return records, r.DataSize()
 	}
-	e := r.seg(seg)
-	base := e.base.Load()
-	if leaseGen(e.lease.Load())&locGenMask != gen {
+	lw := r.seg(seg).lease.Load()
+	if leaseGen(lw)&locGenMask != gen {
 		return records, r.DataSize()
 	}
-	if dt := r.hdr.dataTail.Load(); dt > base+r.segSize {
-		bytes = min(dt-base-r.segSize, r.DataSize())
+	if leaseOwner(lw) != 0 {
+		return records, 0
 	}
-	return records, bytes
+	free := uint64(0)
+	for i := r.hdr.leaseCur.Load() % r.segments; i != uint64(seg); i = (i + 1) % r.segments {
+		if leaseOwner(r.seg(uint32(i)).lease.Load()) == 0 {
+			free++
+		}
+	}
+	return records, r.DataSize() - free*r.segSize
 }
 
 // CountFor counts the committed records from seq from to the tail, among
