@@ -45,7 +45,7 @@ func TestKilledProcessSeenCrashed(t *testing.T) {
 	z := openZone(t)
 	rec := &recorder{}
 	w := join(t, z, 1, rec, func(c *Config) { c.ProbeInterval = 0 })
-	dir := z.Path()[:strings.LastIndex(z.Path(), "/")]
+	dir := z.Dir()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "WORKERMGR_HELPER_DIR="+dir)
 	cmd.Stderr = os.Stderr
