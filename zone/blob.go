@@ -32,6 +32,7 @@ type BlobError struct {
 	Err error
 }
 
+// Error says what failed, without the path.
 func (e *BlobError) Error() string {
 	return e.Op + " a blob file for a large payload: " + e.Err.Error()
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -389,5 +391,75 @@ func TestBlobSweptWhileWritten(t *testing.T) {
 		if c := countFiles(t, z); c != 0 || z.BlobUsage() != 0 {
 			t.Fatalf("size %d: %d blob files, usage %d after the failure", size, c, z.BlobUsage())
 		}
+	}
+}
+
+// TestBlobQuotaConcurrent: writers racing over two mappings (two
+// processes' worth of OFD locks) never take the blob files over the quota,
+// and the count matches the files.
+func TestBlobQuotaConcurrent(t *testing.T) {
+	o := testOptions(t, MinSize)
+	o.BlobQuota = 1 << 20
+	zs := []*Zone{mustOpen(t, o), mustOpen(t, o)}
+	const size = 100 << 10
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			z := zs[i%2]
+			announced := int64(size)
+			if i%4 >= 2 {
+				announced = -1 // half of them stream an unknown length
+			}
+			for range 5 {
+				_, _, err := z.PutBlobFrom(&pattern{n: size}, announced)
+				switch {
+				case err == nil:
+					ok.Add(1)
+				case !errors.Is(err, ErrBlobQuota):
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var sum int64
+	if err := zs[0].eachBlob(func(_ string, fi os.FileInfo) { sum += fi.Size() }); err != nil {
+		t.Fatal(err)
+	}
+	if sum > o.BlobQuota || sum != ok.Load()*size || zs[1].BlobUsage() != sum {
+		t.Fatalf("%d blobs accepted, files hold %d bytes, count %d; quota %d", ok.Load(), sum, zs[1].BlobUsage(), o.BlobQuota)
+	}
+	if ok.Load() < 8 {
+		t.Fatalf("only %d blobs of %d bytes fit a quota of %d", ok.Load(), size, o.BlobQuota)
+	}
+}
+
+// TestBlobCountConcurrent: blobs created and removed at once over two
+// mappings leave a count of zero: no update of the count is lost.
+func TestBlobCountConcurrent(t *testing.T) {
+	o := testOptions(t, MinSize)
+	zs := []*Zone{mustOpen(t, o), mustOpen(t, o)}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			z := zs[i%2]
+			for range 200 {
+				name, err := z.PutBlob(make([]byte, 4096))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				z.RemoveBlob(name)
+			}
+		}()
+	}
+	wg.Wait()
+	if u := zs[0].BlobUsage(); u != 0 || countFiles(t, zs[0]) != 0 {
+		t.Fatalf("after every blob was removed: count %d, %d files", u, countFiles(t, zs[0]))
 	}
 }
