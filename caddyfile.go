@@ -1,7 +1,7 @@
 package ipcbus
 
 import (
-	"fmt"
+	"math"
 	"path/filepath"
 	"time"
 
@@ -35,13 +35,14 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //
 //	ipcbus {
 //		zone       <name>       # default "default"
-//		dir        <path>       # default /dev/shm, else $XDG_RUNTIME_DIR, else the temp dir
+//		dir        <path>       # absolute; default /dev/shm, else $XDG_RUNTIME_DIR, else the temp dir
 //		size       <size>       # default 64MiB; MB is 10^6 bytes, MiB 2^20
-//		mode       <octal>      # default 0600; 0660 to share with the file's group
+//		mode       <octal>      # default 0600; 0660 to share with the processes' common group
 //		heartbeat  <duration>   # default 1s
 //		dead_after <duration>   # default 5s, longer than heartbeat
 //		unique_timeout <duration>  # default 2s
 //		max_payload <size>      # default 64MiB, at most 4294967040 bytes
+//		blob_quota <size>       # default 256MiB (or max_payload if larger), at least max_payload
 //		wait_max   <duration>   # default 500ms
 //		spin       <duration>   # default 50µs
 //		send_timeout <duration> # default 5s
@@ -57,9 +58,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		opt := d.Val()
 		switch opt {
-		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "wait_max", "spin", "send_timeout", "alert_overflow":
+		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "blob_quota", "wait_max", "spin", "send_timeout", "alert_overflow":
 		default:
-			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, wait_max, spin, send_timeout and alert_overflow", opt)
+			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, blob_quota, wait_max, spin, send_timeout and alert_overflow", opt)
 		}
 		var val string
 		if !d.AllArgs(&val) {
@@ -102,6 +103,15 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("ipcbus max_payload: %s: must be between 1 byte and 4294967040 bytes", val)
 			}
 			a.MaxPayload = int64(n)
+		case "blob_quota":
+			n, err := humanize.ParseBytes(val)
+			if err != nil {
+				return d.Errf("ipcbus blob_quota: %q is not a size; write it like 256MiB", val)
+			}
+			if n == 0 || n > math.MaxInt64 {
+				return d.Errf("ipcbus blob_quota: %s: must be at least 1 byte (and at least max_payload)", val)
+			}
+			a.BlobQuota = int64(n)
 		case "alert_overflow":
 			if val != "block" && val != "drop" {
 				return d.Errf("ipcbus alert_overflow: %q: use block or drop", val)
@@ -115,7 +125,16 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if dur <= 0 {
 				return d.Errf("ipcbus %s: %s must be positive", opt, val)
 			}
-			*map[string]*caddy.Duration{"heartbeat": &a.Heartbeat, "dead_after": &a.DeadAfter, "unique_timeout": &a.UniqueTimeout, "wait_max": &a.WaitMax, "spin": &a.Spin, "send_timeout": &a.SendTimeout}[opt] = caddy.Duration(dur)
+			*a.durationField(opt) = caddy.Duration(dur)
+		}
+	}
+	if a.BlobQuota != 0 {
+		payload := a.MaxPayload
+		if payload == 0 {
+			payload = events.DefaultMaxPayload
+		}
+		if a.BlobQuota < payload {
+			return d.Errf("ipcbus blob_quota: %d bytes is smaller than max_payload (%d bytes), so the largest payloads could never be posted; raise it or lower max_payload", a.BlobQuota, payload)
 		}
 	}
 	hb, dead := time.Duration(a.Heartbeat), time.Duration(a.DeadAfter)
@@ -126,9 +145,28 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		dead = workermgr.DefaultDeadAfter
 	}
 	if dead <= hb {
-		return fmt.Errorf("ipcbus: dead_after (%v) must be longer than heartbeat (%v)", dead, hb)
+		return d.Errf("ipcbus: dead_after (%v) must be longer than heartbeat (%v)", dead, hb)
 	}
 	return nil
+}
+
+// durationField is the field of the duration setting opt.
+func (a *App) durationField(opt string) *caddy.Duration {
+	switch opt {
+	case "heartbeat":
+		return &a.Heartbeat
+	case "dead_after":
+		return &a.DeadAfter
+	case "unique_timeout":
+		return &a.UniqueTimeout
+	case "wait_max":
+		return &a.WaitMax
+	case "spin":
+		return &a.Spin
+	case "send_timeout":
+		return &a.SendTimeout
+	}
+	panic("ipcbus: no duration setting " + opt)
 }
 
 // Interface guard

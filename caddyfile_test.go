@@ -89,6 +89,26 @@ func TestGlobalOption(t *testing.T) {
 		{`ipcbus {
 			colour blue
 		}`, `error: unknown ipcbus setting "colour"`},
+		{`ipcbus {
+			blob_quota 1GiB
+		}`, `{"blob_quota":1073741824}`},
+		{`ipcbus {
+			max_payload 1MiB
+			blob_quota 1MiB
+		}`, `{"max_payload":1048576,"blob_quota":1048576}`},
+		{`ipcbus {
+			blob_quota lots
+		}`, `error: ipcbus blob_quota: "lots" is not a size`},
+		{`ipcbus {
+			blob_quota 0
+		}`, `error: ipcbus blob_quota: 0: must be at least 1 byte`},
+		{`ipcbus {
+			blob_quota 32MiB
+		}`, `error: ipcbus blob_quota: 33554432 bytes is smaller than max_payload (67108864 bytes)`},
+		{`ipcbus {
+			blob_quota 1MiB
+			max_payload 2MiB
+		}`, `error: ipcbus blob_quota: 1048576 bytes is smaller than max_payload (2097152 bytes)`},
 	}
 	for _, tt := range tests {
 		d := caddyfile.NewTestDispenser(tt.in)

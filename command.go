@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -19,40 +21,53 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "ipcbus",
-		Usage: "workers [--zone <name>] [--dir <path>] [--json]",
+		Usage: "workers [--zone <name>] [--dir <path>] [--mode <octal>] [--json]",
 		Short: "Inspects an ipcbus zone",
 		Long: `
 Reads an ipcbus zone file directly (no admin endpoint needed) and prints
 its node counters and worker table.
 
-  caddy ipcbus workers [--zone <name>] [--dir <path>] [--json]
+  caddy ipcbus workers [--zone <name>] [--dir <path>] [--mode <octal>] [--json]
 
---zone and --dir name the zone as the ipcbus global option does (defaults:
-"default", and /dev/shm, else $XDG_RUNTIME_DIR, else the temp dir).
+--zone, --dir and --mode name the zone as the ipcbus global option does
+(defaults: "default"; /dev/shm, else $XDG_RUNTIME_DIR, else the temp dir;
+0600). The zone file is <dir>/ipcbus-<uid>/<zone>.zone for this user, or
+<dir>/ipcbus-g<gid>/<zone>.zone for this group with a group mode such as
+0660: run the command as the user (or with the group) Caddy runs as.
 --json prints the same JSON as the admin endpoint GET /ipcbus/workers.`,
 		CobraFunc: func(cmd *cobra.Command) {
 			workers := &cobra.Command{
-				Use:   "workers [--zone <name>] [--dir <path>] [--json]",
+				Use:   "workers [--zone <name>] [--dir <path>] [--mode <octal>] [--json]",
 				Short: "Prints the node counters and the worker table of a zone",
 				Args:  cobra.NoArgs,
 				RunE: func(c *cobra.Command, _ []string) error {
 					name, _ := c.Flags().GetString("zone")
 					dir, _ := c.Flags().GetString("dir")
+					mode, _ := c.Flags().GetString("mode")
 					asJSON, _ := c.Flags().GetBool("json")
-					return printWorkers(c.OutOrStdout(), name, dir, asJSON)
+					return printWorkers(c.OutOrStdout(), name, dir, mode, asJSON)
 				},
 			}
 			workers.Flags().String("zone", zone.DefaultName, "zone name")
-			workers.Flags().String("dir", "", "directory of the zone file")
+			workers.Flags().String("dir", "", "directory holding the zone's private directory")
+			workers.Flags().String("mode", "0600", "zone mode, as configured: 0660 looks in the group's directory")
 			workers.Flags().Bool("json", false, "print JSON")
 			cmd.AddCommand(workers)
 		},
 	})
 }
 
-func printWorkers(out io.Writer, name, dir string, asJSON bool) error {
-	z, err := zone.Open(zone.Options{Name: name, Dir: dir, ReadOnly: true})
+func printWorkers(out io.Writer, name, dir, modeText string, asJSON bool) error {
+	mode, err := parseMode(modeText)
 	if err != nil {
+		return err
+	}
+	o := zone.Options{Name: name, Dir: dir, Mode: mode, ReadOnly: true}
+	z, err := zone.Open(o)
+	if err != nil {
+		if others := otherZoneFiles(o); len(others) > 0 {
+			return fmt.Errorf("%w; zone files of that name in other users' or groups' directories: %s (run the command as their owner, or with --mode for a group's)", err, strings.Join(others, ", "))
+		}
 		return err
 	}
 	defer z.Close()
@@ -64,6 +79,23 @@ func printWorkers(out io.Writer, name, dir string, asJSON bool) error {
 		return enc.Encode(rep)
 	}
 	return writeTable(out, rep, time.Now())
+}
+
+// otherZoneFiles lists the zone files named like o's in every private
+// directory of o's directory but o's own.
+func otherZoneFiles(o zone.Options) []string {
+	if o.Dir == "" {
+		o.Dir = zone.DefaultDir()
+	}
+	own := zone.PathFor(o)
+	matches, _ := filepath.Glob(filepath.Join(o.Dir, "ipcbus-*", o.Name+".zone"))
+	var out []string
+	for _, m := range matches {
+		if m != own {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 func ago(t, now time.Time) string {

@@ -23,10 +23,12 @@ type metricDesc struct {
 }
 
 type snapshotForMetrics struct {
-	node    workermgr.NodeInfo
-	live    int
-	report  StatsReport
-	hasProc bool
+	node      workermgr.NodeInfo
+	live      int
+	report    StatsReport
+	hasProc   bool
+	blobBytes int64
+	blobQuota int64
 }
 
 func counter(name, help string, get func(s *snapshotForMetrics) float64) metricDesc {
@@ -62,6 +64,11 @@ var metricDescs = []metricDesc{
 	counter("alerts_received_total", "Alerts this process's workers received.", func(s *snapshotForMetrics) float64 { return float64(s.report.Alerts.Received) }),
 	counter("alerts_dropped_total", "Alerts dropped because a receiver lagged (drop policy).", func(s *snapshotForMetrics) float64 { return float64(s.report.Alerts.Dropped) }),
 	counter("alert_bytes_sent_total", "Alert data bytes this process sent.", func(s *snapshotForMetrics) float64 { return float64(s.report.Alerts.BytesSent) }),
+	counter("blob_quota_exceeded_total", "Posts and sends of this process refused because their payload would have taken the zone's blob files over blob_quota.", func(s *snapshotForMetrics) float64 {
+		return float64(s.report.Events.BlobQuotaExceeded + s.report.Alerts.BlobQuotaExceeded)
+	}),
+	gauge("blob_bytes", "Bytes the zone's blob files hold, node-wide.", func(s *snapshotForMetrics) float64 { return float64(s.blobBytes) }),
+	gauge("blob_quota_bytes", "The blob quota this process checks (blob_quota).", func(s *snapshotForMetrics) float64 { return float64(s.blobQuota) }),
 }
 
 // Describe sends the descriptions of the metrics.
@@ -86,6 +93,7 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 	var workers []workermgr.WorkerInfo
 	s.node, workers = workermgr.Snapshot(a.zone)
 	s.report = a.statsLocked()
+	s.blobBytes, s.blobQuota = a.zone.BlobUsage(), a.zone.BlobQuota()
 	a.mu.Unlock()
 	for _, w := range workers {
 		if w.State == "live" {

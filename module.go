@@ -7,6 +7,7 @@ package ipcbus
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -36,8 +37,13 @@ type App struct {
 	// '_' and '-', at most 64.
 	Zone string `json:"zone,omitempty"`
 
-	// Dir is the directory of the zone file "ipcbus-<zone>.zone". Default:
-	// /dev/shm, else $XDG_RUNTIME_DIR, else the OS temp dir.
+	// Dir is an absolute path to the directory in which the zone gets a
+	// private directory, "ipcbus-<uid>" (mode 0700) or, with a group mode,
+	// "ipcbus-g<gid>" (0770, for this process's effective user or group),
+	// holding the zone file "<zone>.zone" and its blob files. Default:
+	// /dev/shm, else $XDG_RUNTIME_DIR, else the OS temp dir. A private
+	// directory owned by another user (or group), or open to more than its
+	// mode, is refused at start.
 	Dir string `json:"dir,omitempty"`
 
 	// Size of the zone in bytes, from 1MiB to 64GiB. Default: 64MiB. Every
@@ -45,8 +51,11 @@ type App struct {
 	// stopping every process and removing its file.
 	Size int64 `json:"size,omitempty"`
 
-	// Mode is the octal file mode of a new zone file. Default: "0600" (this
-	// user only). "0660" lets processes of other users in the file's group join.
+	// Mode is the octal file mode of a new zone file and of its blob files.
+	// Default: "0600" (this user only). "0660" lets processes of other users
+	// join, when every process of the node runs with the same effective
+	// group (systemd's Group=): the zone then lives in "ipcbus-g<gid>".
+	// Nothing for other users is allowed.
 	Mode string `json:"mode,omitempty"`
 
 	// Heartbeat is how often the worker stamps its heartbeat. Default: 1s.
@@ -67,6 +76,13 @@ type App struct {
 	// 4294967040. Default: 64MiB. Payloads over 64KiB travel in blob files
 	// next to the zone file rather than in the ring.
 	MaxPayload int64 `json:"max_payload,omitempty"`
+
+	// BlobQuota bounds the bytes that the zone's blob files (the payloads
+	// over 64KiB, kept a minute) may hold at once, over every process of
+	// the node; a post or send beyond it fails (HTTP 507) and is counted.
+	// Default: 256MiB, or max_payload if that is larger; never less than
+	// max_payload. Give every process of a node the same.
+	BlobQuota int64 `json:"blob_quota,omitempty"`
 
 	// WaitMax is how long a worker waits for an event whose poster reserved
 	// it but has not finished writing it (it died, or stalled) before it
@@ -110,6 +126,23 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults. It joins nothing: `caddy validate` provisions too.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.setDefaults()
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering ipcbus metrics: %w", err)
+	}
+	a.mode = 0o600
+	if a.Mode != "" {
+		m, err := parseMode(a.Mode)
+		if err != nil {
+			return err
+		}
+		a.mode = m
+	}
+	return nil
+}
+
+// setDefaults fills in the settings left out.
+func (a *App) setDefaults() {
 	if a.Zone == "" {
 		a.Zone = zone.DefaultName
 	}
@@ -125,18 +158,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.MaxPayload == 0 {
 		a.MaxPayload = events.DefaultMaxPayload
 	}
-	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
-		return fmt.Errorf("registering ipcbus metrics: %w", err)
+	if a.BlobQuota == 0 {
+		a.BlobQuota = max(zone.DefaultBlobQuota, a.MaxPayload)
 	}
-	a.mode = 0o600
-	if a.Mode != "" {
-		m, err := parseMode(a.Mode)
-		if err != nil {
-			return err
-		}
-		a.mode = m
-	}
-	return nil
 }
 
 // parseMode reads an octal zone file mode: owner read-write, the group at
@@ -157,6 +181,9 @@ func (a *App) Validate() error {
 	if err := zone.ValidateSize(a.Size); err != nil {
 		return err
 	}
+	if a.Dir != "" && !filepath.IsAbs(a.Dir) {
+		return fmt.Errorf("invalid dir %q: give an absolute path", a.Dir)
+	}
 	if a.Heartbeat <= 0 {
 		return fmt.Errorf("invalid heartbeat %v: must be positive", time.Duration(a.Heartbeat))
 	}
@@ -168,6 +195,9 @@ func (a *App) Validate() error {
 	}
 	if a.MaxPayload < 0 || a.MaxPayload > events.MaxPayloadLimit {
 		return fmt.Errorf("invalid max_payload %d: must be between 1 and %d bytes", a.MaxPayload, int64(events.MaxPayloadLimit))
+	}
+	if a.BlobQuota < a.MaxPayload {
+		return fmt.Errorf("invalid blob_quota %d: it is smaller than max_payload (%d), so the largest payloads could never be posted; give at least %d bytes, or a smaller max_payload", a.BlobQuota, a.MaxPayload, a.MaxPayload)
 	}
 	if a.SendTimeout < 0 {
 		return fmt.Errorf("invalid send_timeout %v: must be positive", time.Duration(a.SendTimeout))
@@ -231,7 +261,7 @@ func current() *App {
 func (a *App) Start() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	opts := zone.Options{Name: a.Zone, Dir: a.Dir, Size: a.Size, Mode: a.mode}
+	opts := zone.Options{Name: a.Zone, Dir: a.Dir, Size: a.Size, Mode: a.mode, BlobQuota: a.BlobQuota}
 	a.poolK = zone.PathFor(opts)
 	v, _, err := zones.LoadOrNew(a.poolK, func() (caddy.Destructor, error) {
 		z, err := zone.Open(opts)
@@ -248,6 +278,7 @@ func (a *App) Start() error {
 		_, _ = zones.Delete(a.poolK)
 		return fmt.Errorf("zone %s is in use by this process with size %d; a reload cannot change the size to %d: restart the process (and every other process of the node) to resize", z.Path(), z.Size(), a.Size)
 	}
+	z.SetBlobQuota(a.BlobQuota) // a reload may change it
 	a.gen = int(generation.Add(1))
 	bus, err := events.New(events.Options{
 		Zone: z, PID: os.Getpid(), Generation: a.gen,

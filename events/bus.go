@@ -57,6 +57,14 @@ var (
 	ErrRecursive = errors.New("recursive: Poll was called from an event handler")
 	// ErrInvalid wraps every validation error of a post.
 	ErrInvalid = errors.New("invalid event")
+	// ErrBlobQuota is returned (wrapped) for a payload that would take the
+	// zone's blob files over the blob quota (HTTP 507). It is
+	// zone.ErrBlobQuota.
+	ErrBlobQuota = zone.ErrBlobQuota
+	// ErrRead is returned (wrapped, with the reader's error) by PostReader
+	// when its reader fails, or ends before or goes on after the size
+	// given. It is zone.ErrRead.
+	ErrRead = zone.ErrRead
 )
 
 // Options configure a Bus.
@@ -104,21 +112,24 @@ type Loss struct {
 
 // Stats are a bus's counters.
 type Stats struct {
-	Posted         uint64 `json:"posted"`
-	PostedLocal    uint64 `json:"posted_local"`
-	PostErrors     uint64 `json:"post_errors"`
-	Duplicates     uint64 `json:"duplicates"`
-	Delivered      uint64 `json:"delivered"`
-	HandlerCalls   uint64 `json:"handler_calls"`
-	HandlerPanics  uint64 `json:"handler_panics"`
-	UniqueSkipped  uint64 `json:"unique_skipped"`
-	LostOverrun    uint64 `json:"lost_overrun"`
-	LostGap        uint64 `json:"lost_gap"`
-	Malformed      uint64 `json:"malformed"`
-	BlobsWritten   uint64 `json:"blobs_written"`
-	BlobsRead      uint64 `json:"blobs_read"`
-	BlobErrors     uint64 `json:"blob_errors"`
-	LocalQueueFull uint64 `json:"local_queue_full"`
+	Posted        uint64 `json:"posted"`
+	PostedLocal   uint64 `json:"posted_local"`
+	PostErrors    uint64 `json:"post_errors"`
+	Duplicates    uint64 `json:"duplicates"`
+	Delivered     uint64 `json:"delivered"`
+	HandlerCalls  uint64 `json:"handler_calls"`
+	HandlerPanics uint64 `json:"handler_panics"`
+	UniqueSkipped uint64 `json:"unique_skipped"`
+	LostOverrun   uint64 `json:"lost_overrun"`
+	LostGap       uint64 `json:"lost_gap"`
+	Malformed     uint64 `json:"malformed"`
+	BlobsWritten  uint64 `json:"blobs_written"`
+	BlobsRead     uint64 `json:"blobs_read"`
+	BlobErrors    uint64 `json:"blob_errors"`
+	// BlobQuotaExceeded counts posts refused because their payload would
+	// have taken the zone's blob files over the blob quota.
+	BlobQuotaExceeded uint64 `json:"blob_quota_exceeded"`
+	LocalQueueFull    uint64 `json:"local_queue_full"`
 }
 
 // Add adds o's counters to s.
@@ -137,6 +148,7 @@ func (s *Stats) Add(o Stats) {
 	s.BlobsWritten += o.BlobsWritten
 	s.BlobsRead += o.BlobsRead
 	s.BlobErrors += o.BlobErrors
+	s.BlobQuotaExceeded += o.BlobQuotaExceeded
 	s.LocalQueueFull += o.LocalQueueFull
 }
 
@@ -177,7 +189,7 @@ type Bus struct {
 
 type counters struct {
 	posted, postedLocal, postErrors, duplicates, delivered, calls, panics, uniqueSkipped,
-	lostOverrun, lostGap, malformed, blobsWritten, blobsRead, blobErrors, localFull atomic.Uint64
+	lostOverrun, lostGap, malformed, blobsWritten, blobsRead, blobErrors, blobQuota, localFull atomic.Uint64
 }
 
 type localItem struct {
@@ -328,12 +340,28 @@ func (b *Bus) Detach() {
 // PostOption modifies a post.
 type PostOption func(*postOpts)
 
-type postOpts struct{ unique string }
+type postOpts struct {
+	unique string
+	json   bool
+}
 
 // Unique makes the post run-once: the first post of key within
 // unique_timeout (node-wide) is accepted and handled by exactly one live
 // worker; later posts of the key until then fail with ErrDuplicate.
 func Unique(key string) PostOption { return func(p *postOpts) { p.unique = key } }
+
+// AsJSON marks a payload of bytes (a []byte or string given to Post, or
+// what PostReader reads) as JSON: it is checked (as it streams, with
+// PostReader), refused with ErrInvalid when it is not JSON, and delivered
+// with Event.JSON set.
+func AsJSON() PostOption { return func(p *postOpts) { p.json = true } }
+
+// newToken is a random nonzero ticket token for a unique key.
+func newToken() uint64 {
+	var tb [8]byte
+	_, _ = rand.Read(tb[:])
+	return binary.LittleEndian.Uint64(tb[:]) | 1
+}
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
@@ -414,6 +442,12 @@ func (b *Bus) post(source, event string, data any, opts []PostOption) (uint64, e
 	if err != nil {
 		return 0, err
 	}
+	if po.json && !isJSON {
+		if !json.Valid(body) {
+			return 0, invalid("data is not valid JSON")
+		}
+		isJSON = true
+	}
 	if int64(len(body)) > b.o.MaxPayload {
 		return 0, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(body), b.o.MaxPayload)
 	}
@@ -425,29 +459,25 @@ func (b *Bus) post(source, event string, data any, opts []PostOption) (uint64, e
 		if err := validName("unique key", po.unique); err != nil {
 			return 0, err
 		}
-		var tb [8]byte
-		_, _ = rand.Read(tb[:])
-		token := binary.LittleEndian.Uint64(tb[:]) | 1
-		t, ok, err := b.h.ClaimUnique(po.unique, time.Now(), b.o.UniqueTimeout, token)
-		if err != nil {
+		if err := b.claim(&e, po.unique); err != nil {
 			return 0, err
 		}
-		if !ok {
-			return 0, ErrDuplicate
-		}
-		e.flags |= flagUnique
-		e.unique, e.slot, e.token = po.unique, t.Slot, t.Token
 	}
 	if len(body) > b.inline {
 		name, err := b.z.PutBlob(body)
 		if err != nil {
-			b.st.blobErrors.Add(1)
-			return 0, err
+			return 0, b.blobFailed(err)
 		}
 		b.st.blobsWritten.Add(1)
 		e.flags |= flagBlob
 		e.payload = []byte(name)
 	}
+	return b.write(e)
+}
+
+// write puts an encoded event on the ring, and removes its blob, if any,
+// when that fails.
+func (b *Bus) write(e encoded) (uint64, error) {
 	var hb [encHeader + 3*MaxNameLen]byte
 	head := e.header(hb[:0])
 	meta := zone.Meta{Kind: RecordKind, PID: uint32(b.o.PID), Gen: uint32(b.o.Generation)}
@@ -545,7 +575,8 @@ func (b *Bus) Stats() Stats {
 		Duplicates: c.duplicates.Load(), Delivered: c.delivered.Load(), HandlerCalls: c.calls.Load(),
 		HandlerPanics: c.panics.Load(), UniqueSkipped: c.uniqueSkipped.Load(), LostOverrun: c.lostOverrun.Load(),
 		LostGap: c.lostGap.Load(), Malformed: c.malformed.Load(), BlobsWritten: c.blobsWritten.Load(),
-		BlobsRead: c.blobsRead.Load(), BlobErrors: c.blobErrors.Load(), LocalQueueFull: c.localFull.Load(),
+		BlobsRead: c.blobsRead.Load(), BlobErrors: c.blobErrors.Load(), BlobQuotaExceeded: c.blobQuota.Load(),
+		LocalQueueFull: c.localFull.Load(),
 	}
 }
 

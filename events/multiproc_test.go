@@ -152,7 +152,7 @@ func (p *proc) result(t *testing.T) helperResult {
 // handles every event, all in the identical sequence.
 func TestThreeProcessesSameSequence(t *testing.T) {
 	z := openZone(t, 8<<20)
-	dir := z.Path()[:strings.LastIndex(z.Path(), "/")]
+	dir := z.Dir()
 	k := 3000
 	if testing.Short() {
 		k = 300
@@ -183,7 +183,7 @@ func TestThreeProcessesSameSequence(t *testing.T) {
 // poster's order, and count the gap if the kill left one.
 func TestPosterKilledInBurst(t *testing.T) {
 	z := openZone(t, 16<<20)
-	dir := z.Path()[:strings.LastIndex(z.Path(), "/")]
+	dir := z.Dir()
 	a := spawn(t, dir, "post", "EVENTS_K=0")
 	b := spawn(t, dir, "post", "EVENTS_K=0")
 	killed := spawn(t, dir, "burst")
@@ -211,7 +211,7 @@ func TestPosterKilledInBurst(t *testing.T) {
 // processes run are each handled by exactly one of them.
 func TestUniqueAcrossProcesses(t *testing.T) {
 	z := openZone(t, 4<<20)
-	dir := z.Path()[:strings.LastIndex(z.Path(), "/")]
+	dir := z.Dir()
 	var ps []*proc
 	for i := 0; i < 3; i++ {
 		p := spawn(t, dir, "post", "EVENTS_K=0", "EVENTS_SLOW_UNIQUE=1")

@@ -62,7 +62,7 @@ func TestLivePageInChromium(t *testing.T) {
 	dir := t.TempDir()
 	zone := fmt.Sprintf("e2e-%d", os.Getpid())
 	t.Cleanup(func() {
-		matches, _ := filepath.Glob("/dev/shm/ipcbus-" + zone + ".zone*")
+		matches, _ := filepath.Glob(fmt.Sprintf("/dev/shm/ipcbus-%d/%s.*", os.Geteuid(), zone))
 		for _, m := range matches {
 			os.Remove(m)
 		}

@@ -68,6 +68,13 @@ func newNode(t *testing.T) *node {
 	return &node{t: t, dir: t.TempDir(), zone: "itest", sitePort: freePort(t)}
 }
 
+// zoneDir is the zone's private directory, for a zone mode without group
+// bits (ipcbus-<uid> in the node's dir).
+func (n *node) zoneDir() string { return filepath.Join(n.dir, fmt.Sprintf("ipcbus-%d", os.Geteuid())) }
+
+// zonePath is the zone file's path.
+func (n *node) zonePath() string { return filepath.Join(n.zoneDir(), n.zone+".zone") }
+
 // proc is one Caddy process.
 type proc struct {
 	n      *node
@@ -139,6 +146,13 @@ http://127.0.0.1:%d, http://127.0.0.1:%d {
 // start runs a Caddy process with its own admin address and waits until
 // its ipcbus app answers.
 func (n *node) start() *proc {
+	n.t.Helper()
+	return n.startWith(nil)
+}
+
+// startWith is start with a change to the command before it runs (another
+// user, a umask...).
+func (n *node) startWith(prepare func(*exec.Cmd)) *proc {
 	t := n.t
 	t.Helper()
 	p := &proc{n: n, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), port: freePort(t), log: new(bytes.Buffer), exited: make(chan struct{})}
@@ -149,6 +163,9 @@ func (n *node) start() *proc {
 	p.cmd = exec.Command(caddyBin, "run", "--config", p.config, "--adapter", "caddyfile")
 	p.cmd.Env = append(os.Environ(), "HOME="+n.dir, "XDG_DATA_HOME="+n.dir, "XDG_CONFIG_HOME="+n.dir)
 	p.cmd.Stdout, p.cmd.Stderr = syncWriter{p.log, &p.logMu}, syncWriter{p.log, &p.logMu}
+	if prepare != nil {
+		prepare(p.cmd)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -71,5 +71,5 @@ func TestReloadLeavesNothingBehind(t *testing.T) {
 }
 
 func countZoneMaps(maps []byte) int {
-	return len(regexp.MustCompile(`ipcbus-itest\.zone`).FindAll(maps, -1))
+	return len(regexp.MustCompile(`/ipcbus-\d+/itest\.zone`).FindAll(maps, -1))
 }

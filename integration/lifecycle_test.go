@@ -26,7 +26,7 @@ func TestNodeLifecycle(t *testing.T) {
 	if live := countState(rep, "live"); live != 3 || rep.Node.Starts != 1 || rep.Node.WorkerStarts != 3 || rep.Node.State != "running" {
 		t.Fatalf("three processes: %d live, node %+v", live, rep.Node)
 	}
-	if rep.Zone.Name != "itest" || rep.Zone.Path != filepath.Join(n.dir, "ipcbus-itest.zone") || rep.Zone.Size != 8<<20 {
+	if rep.Zone.Name != "itest" || rep.Zone.Path != n.zonePath() || rep.Zone.Size != 8<<20 {
 		t.Fatalf("zone %+v", rep.Zone)
 	}
 	for _, p := range []*proc{a, b, c} {
@@ -167,8 +167,8 @@ func TestValidateDoesNotJoin(t *testing.T) {
 	if out, err := cli(t, "validate", "--config", cfg, "--adapter", "caddyfile"); err != nil {
 		t.Fatalf("validate: %v\n%s", err, out)
 	}
-	if _, err := os.Stat(filepath.Join(n.dir, "ipcbus-itest.zone")); !os.IsNotExist(err) {
-		t.Fatalf("validate created the zone file: %v", err)
+	if _, err := os.Stat(n.zoneDir()); !os.IsNotExist(err) {
+		t.Fatalf("validate created the zone's directory: %v", err)
 	}
 }
 
@@ -187,6 +187,8 @@ func TestBadConfig(t *testing.T) {
 		"heartbeat 9s":    `dead_after (5s) must be longer than heartbeat (9s)`,
 		"shape round":     `unknown ipcbus setting "shape"`,
 		"zone one two":    `ipcbus zone needs exactly one value`,
+		"blob_quota 1KiB": `ipcbus blob_quota: 1024 bytes is smaller than max_payload`,
+		"blob_quota many": `ipcbus blob_quota: "many" is not a size`,
 	}
 	i := 0
 	for line, want := range caddyfiles {
@@ -204,7 +206,10 @@ func TestBadConfig(t *testing.T) {
 		`{"mode":"0606"}`:  `invalid zone mode "0606"`,
 		`{"heartbeat":-1}`: `invalid heartbeat`,
 		`{"heartbeat":2000000000,"dead_after":1000000000}`: `invalid dead_after 1s: must be longer than heartbeat (2s)`,
-		`{"colour":"blue"}`: `unknown field "colour"`,
+		`{"colour":"blue"}`:      `unknown field "colour"`,
+		`{"dir":"rel"}`:          `invalid dir "rel": give an absolute path`,
+		`{"blob_quota":1048576}`: `invalid blob_quota 1048576: it is smaller than max_payload`,
+		`{"blob_quota":-5}`:      `invalid blob_quota -5`,
 	}
 	for app, want := range jsons {
 		i++
@@ -225,7 +230,7 @@ func TestSizeMismatch(t *testing.T) {
 	cfg := filepath.Join(n.dir, "other-size")
 	os.WriteFile(cfg, []byte(strings.Replace(n.caddyfile(fmt.Sprintf("127.0.0.1:%d", freePort(t)), freePort(t)), "size 8MiB", "size 16MiB", 1)), 0o600)
 	out, err := cli(t, "run", "--config", cfg, "--adapter", "caddyfile")
-	want := fmt.Sprintf("zone file %s is 8388608 bytes but the config asks for 16777216", filepath.Join(n.dir, "ipcbus-itest.zone"))
+	want := fmt.Sprintf("zone file %s is 8388608 bytes but the config asks for 16777216", n.zonePath())
 	if err == nil || !strings.Contains(strings.ReplaceAll(out, `\"`, `"`), want) {
 		t.Fatalf("%v\n%s\nwant %q", err, out, want)
 	}

@@ -195,17 +195,7 @@ func (c *IPC) deliver(rec zone.Record) {
 	}
 	n := int(b[1])
 	a := &Alert{Name: string(b[2 : 2+n]), Data: b[2+n:], Sender: int(rec.PID), SenderGeneration: int(rec.Gen), Broadcast: rec.Aux == 0, Seq: rec.Seq, c: c}
-	if b[0]&flagBlob != 0 {
-		data, err := c.z.ReadBlob(string(a.Data), MaxDataLen)
-		if err != nil {
-			c.st.lost.Add(1)
-			c.log.Error("alert lost: its blob cannot be read", zap.String("name", a.Name), zap.Int("sender", a.Sender), zap.Error(err))
-			return
-		}
-		a.Data = data
-	}
-	c.st.received.Add(1)
-	c.st.bytesReceived.Add(uint64(len(a.Data)))
+	// The handler first: an alert nobody handles never has its blob opened.
 	h := (*c.handlers.Load())[a.Name]
 	if h == nil {
 		if f := c.fallback.Load(); f != nil {
@@ -213,9 +203,30 @@ func (c *IPC) deliver(rec zone.Record) {
 		}
 	}
 	if h == nil {
+		c.st.received.Add(1)
 		c.st.unhandled.Add(1)
+		if b[0]&flagBlob == 0 {
+			c.st.bytesReceived.Add(uint64(len(a.Data)))
+		}
 		return
 	}
+	if b[0]&flagBlob != 0 {
+		data, err := c.z.ReadBlob(string(a.Data), MaxDataLen)
+		if err != nil {
+			c.st.lost.Add(1)
+			c.st.blobErrors.Add(1)
+			fields := []zap.Field{zap.String("name", a.Name), zap.Int("sender", a.Sender), zap.Uint64("seq", a.Seq), zap.Error(err)}
+			var be *zone.BlobError
+			if errors.As(err, &be) {
+				fields = append(fields, zap.String("path", be.Path))
+			}
+			c.log.Error("alert lost: its blob file cannot be read", fields...)
+			return
+		}
+		a.Data = data
+	}
+	c.st.received.Add(1)
+	c.st.bytesReceived.Add(uint64(len(a.Data)))
 	c.current.Store(a)
 	defer c.current.Store(nil)
 	defer func() {

@@ -53,6 +53,14 @@ var (
 	ErrNotInHandler = errors.New("can't reply: Reply called outside of an IPC alert handler")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("ipc is closed")
+	// ErrBlobQuota is returned (wrapped) for data that would take the
+	// zone's blob files over the blob quota (HTTP 507). It is
+	// zone.ErrBlobQuota.
+	ErrBlobQuota = zone.ErrBlobQuota
+	// ErrRead is returned (wrapped, with the reader's error) by SendReader
+	// and BroadcastReader when their reader fails, or ends before or goes
+	// on after the size given. It is zone.ErrRead.
+	ErrRead = zone.ErrRead
 )
 
 // NoWorkerError is returned for a pid that is not a live worker of the zone.
@@ -126,6 +134,11 @@ type Stats struct {
 	SendErrors    uint64 `json:"send_errors"`
 	Lost          uint64 `json:"lost"`
 	HandlerPanics uint64 `json:"handler_panics"`
+	// BlobQuotaExceeded counts sends refused because their data would have
+	// taken the zone's blob files over the blob quota.
+	BlobQuotaExceeded uint64 `json:"blob_quota_exceeded"`
+	// BlobErrors counts blob files that could not be written or read.
+	BlobErrors uint64 `json:"blob_errors"`
 }
 
 // Add adds o's counters to s.
@@ -141,6 +154,8 @@ func (s *Stats) Add(o Stats) {
 	s.SendErrors += o.SendErrors
 	s.Lost += o.Lost
 	s.HandlerPanics += o.HandlerPanics
+	s.BlobQuotaExceeded += o.BlobQuotaExceeded
+	s.BlobErrors += o.BlobErrors
 }
 
 // IPC is one worker's alerts endpoint.
@@ -181,7 +196,8 @@ type IPC struct {
 }
 
 type counters struct {
-	sent, broadcasts, bytesSent, received, bytesReceived, unhandled, dropped, waits, errors, lost, panics atomic.Uint64
+	sent, broadcasts, bytesSent, received, bytesReceived, unhandled, dropped, waits, errors, lost, panics,
+	blobQuota, blobErrors atomic.Uint64
 }
 
 // New makes the alerts endpoint of one worker.
@@ -253,5 +269,6 @@ func (c *IPC) Stats() Stats {
 		Received: s.received.Load(), BytesReceived: s.bytesReceived.Load(), Unhandled: s.unhandled.Load(),
 		Dropped: s.dropped.Load(), SendWaits: s.waits.Load(), SendErrors: s.errors.Load(),
 		Lost: s.lost.Load(), HandlerPanics: s.panics.Load(),
+		BlobQuotaExceeded: s.blobQuota.Load(), BlobErrors: s.blobErrors.Load(),
 	}
 }

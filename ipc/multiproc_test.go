@@ -82,7 +82,7 @@ type peer struct {
 func spawn(t *testing.T, z *zone.Zone) *peer {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "IPC_HELPER_DIR="+z.Path()[:strings.LastIndex(z.Path(), "/")])
+	cmd.Env = append(os.Environ(), "IPC_HELPER_DIR="+z.Dir())
 	cmd.Stderr = os.Stderr
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {

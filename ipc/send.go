@@ -66,16 +66,24 @@ func (c *IPC) send(pid int, name string, data []byte) error {
 	if err := c.admit(pid); err != nil {
 		return err
 	}
-	var head [2 + MaxNameLen]byte
-	head[1] = byte(len(name))
-	n := 2 + copy(head[2:], name)
-	payload := data
 	blob := ""
 	if len(data) > c.o.InlineLimit {
 		var err error
 		if blob, err = c.z.PutBlob(data); err != nil {
-			return err
+			return c.blobFailed(err)
 		}
+	}
+	return c.write(pid, name, data, blob)
+}
+
+// write puts an alert on the ring: data inline, or the name of the blob
+// that holds it; the blob is removed when that fails.
+func (c *IPC) write(pid int, name string, data []byte, blob string) error {
+	var head [2 + MaxNameLen]byte
+	head[1] = byte(len(name))
+	n := 2 + copy(head[2:], name)
+	payload := data
+	if blob != "" {
 		head[0] = flagBlob
 		payload = []byte(blob)
 	}

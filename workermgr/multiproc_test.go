@@ -45,7 +45,7 @@ func TestKilledProcessSeenCrashed(t *testing.T) {
 	z := openZone(t)
 	rec := &recorder{}
 	w := join(t, z, 1, rec, func(c *Config) { c.ProbeInterval = 0 })
-	dir := z.Path()[:strings.LastIndex(z.Path(), "/")]
+	dir := z.Dir()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "WORKERMGR_HELPER_DIR="+dir)
 	cmd.Stderr = os.Stderr
@@ -101,7 +101,7 @@ func TestCrashSeenByDefault(t *testing.T) {
 	if w.cfg.ProbeInterval != 250*time.Millisecond || w.cfg.Heartbeat != time.Second || w.cfg.DeadAfter != 5*time.Second {
 		t.Fatalf("defaults: probe %v, heartbeat %v, dead_after %v; the README documents 250ms, 1s, 5s", w.cfg.ProbeInterval, w.cfg.Heartbeat, w.cfg.DeadAfter)
 	}
-	dir := z.Path()[:strings.LastIndex(z.Path(), "/")]
+	dir := z.Dir()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "WORKERMGR_HELPER_DIR="+dir)
 	cmd.Stderr = os.Stderr

@@ -1,115 +1,281 @@
 package zone
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // Blobs carry payloads too large for the ring: the payload goes to a file
-// next to the zone file, and the ring record carries the file's name. Blob
-// files are named "<zone file>.blob-<pid>-<n>", get the zone file's mode,
-// have their space reserved before they are written, and are removed by
-// SweepBlobs once they are older than the blob TTL.
+// in the zone's private directory, and the ring record carries the file's
+// name (see blobname.go). A blob file gets the zone file's mode (set with
+// fchmod, whatever the umask), has its space reserved and counted against
+// the blob quota (quota.go) before anything is written to it, and is
+// removed by SweepBlobs once it is older than the blob TTL.
 
-var blobCounter atomic.Uint64
+// BlobError is a failure on a blob file. Its message says what failed
+// without the file's path, so that it may reach an HTTP client; Path is
+// for logs.
+type BlobError struct {
+	// Op is what was being done: "creating", "writing", "reading", ...
+	Op string
+	// Path is the blob file's path (or the directory's).
+	Path string
+	// Err is the cause, without a path.
+	Err error
+}
 
-func (z *Zone) blobPrefix() string { return filepath.Base(z.path) + ".blob-" }
+// Error says what failed, without the path.
+func (e *BlobError) Error() string {
+	return e.Op + " a blob file for a large payload: " + e.Err.Error()
+}
+
+// Unwrap returns the cause.
+func (e *BlobError) Unwrap() error { return e.Err }
+
+func blobErr(op, path string, err error) error {
+	return &BlobError{Op: op, Path: path, Err: unwrapPath(err)}
+}
+
+// errRemovedEarly reports a blob swept while it was still being written.
+var errRemovedEarly = errors.New("it was removed before it was complete: the payload arrived too slowly (blob files are swept a minute after their last write)")
+
+// blobNameRetries bounds the fresh random names tried when one is taken.
+const blobNameRetries = 8
+
+// blobChunk is how much quota and space a stream of unknown length
+// reserves at a time.
+const blobChunk = 1 << 20
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// createBlob creates an empty blob file under a fresh random name.
+func (z *Zone) createBlob() (string, *os.File, error) {
+	if z.ro {
+		return "", nil, ErrReadOnly
+	}
+	for range blobNameRetries {
+		name := z.newBlobName()
+		path := z.blobPath(name)
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, z.mode)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return "", nil, blobErr("creating", path, err)
+		}
+		// The umask may have narrowed the mode: group members must read it.
+		if err := f.Chmod(z.mode); err != nil {
+			f.Close()
+			os.Remove(path)
+			return "", nil, blobErr("setting the mode of", path, err)
+		}
+		return name, f, nil
+	}
+	return "", nil, &BlobError{Op: "creating", Path: filepath.Dir(z.path), Err: fmt.Errorf("%d random names in a row were taken", blobNameRetries)}
+}
+
+// discardBlob closes and removes a blob that failed half way.
+func (z *Zone) discardBlob(f *os.File, name string) {
+	f.Close()
+	z.RemoveBlob(name)
+}
+
+// finishBlob closes the blob, checking that nobody swept it while it was
+// written.
+func (z *Zone) finishBlob(f *os.File, path string) error {
+	if removed(f) {
+		f.Close()
+		return &BlobError{Op: "writing", Path: path, Err: errRemovedEarly}
+	}
+	if err := f.Close(); err != nil {
+		return blobErr("writing", path, err)
+	}
+	return nil
+}
 
 // PutBlob writes the concatenation of parts to a new blob file and returns
-// its name (a base name in the zone's directory).
+// its name (a base name in the zone's directory). Over the blob quota it
+// fails with ErrBlobQuota; other failures are *BlobError.
 func (z *Zone) PutBlob(parts ...[]byte) (string, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(z.f.Fd()), &st); err != nil {
-		return "", fmt.Errorf("blob for zone %s: %w", z.path, err)
-	}
-	name := fmt.Sprintf("%s%d-%d", z.blobPrefix(), os.Getpid(), blobCounter.Add(1))
-	path := filepath.Join(filepath.Dir(z.path), name)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, os.FileMode(st.Mode&0o777))
-	if err != nil {
-		return "", fmt.Errorf("creating blob %s: %w", path, err)
-	}
-	defer f.Close()
 	var n int64
 	for _, p := range parts {
 		n += int64(len(p))
 	}
-	if n > 0 {
-		if err := reserve(f, path, n); err != nil {
-			os.Remove(path)
-			return "", err
-		}
+	name, f, err := z.createBlob()
+	if err != nil {
+		return "", err
+	}
+	path := z.blobPath(name)
+	if err := z.growBlob(f, path, 0, n); err != nil {
+		z.discardBlob(f, name)
+		return "", err
 	}
 	for _, p := range parts {
 		if _, err := f.Write(p); err != nil {
-			os.Remove(path)
-			return "", fmt.Errorf("writing blob %s: %w", path, err)
+			z.discardBlob(f, name)
+			return "", blobErr("writing", path, err)
 		}
+	}
+	if err := z.finishBlob(f, path); err != nil {
+		z.RemoveBlob(name)
+		return "", err
 	}
 	return name, nil
 }
 
-// ReadBlob reads the blob named name, refusing names that are not blobs of
-// this zone and files larger than max bytes.
-func (z *Zone) ReadBlob(name string, max int64) ([]byte, error) {
-	if !strings.HasPrefix(name, z.blobPrefix()) || strings.ContainsAny(name, "/\x00") {
-		return nil, fmt.Errorf("%q is not a blob of zone %s", name, z.path)
+// PutBlobFrom writes a payload read from r to a new blob file, holding at
+// most a 64 KiB buffer of it in memory, and returns the blob's name and
+// the payload's length. With size ≥ 0 the payload is exactly size bytes:
+// the quota and the file's space are reserved for all of it before
+// anything is read, and a reader that ends sooner or goes on longer is an
+// error. With size < 0 it is everything up to EOF, reserved 1 MiB at a
+// time. Over the blob quota it fails with ErrBlobQuota; when r fails, with
+// ErrRead wrapping r's error; other failures are *BlobError. On any error
+// the blob is removed.
+func (z *Zone) PutBlobFrom(r io.Reader, size int64) (string, int64, error) {
+	name, f, err := z.createBlob()
+	if err != nil {
+		return "", 0, err
 	}
-	path := filepath.Join(filepath.Dir(z.path), name)
+	path := z.blobPath(name)
+	n, err := z.fillBlob(f, path, r, size)
+	if err == nil {
+		err = z.finishBlob(f, path)
+		f = nil
+	}
+	if err != nil {
+		if f != nil {
+			f.Close()
+		}
+		z.RemoveBlob(name)
+		return "", 0, err
+	}
+	return name, n, nil
+}
+
+func (z *Zone) fillBlob(f *os.File, path string, r io.Reader, size int64) (int64, error) {
+	var allocated int64
+	if size >= 0 {
+		if err := z.growBlob(f, path, 0, size); err != nil {
+			return 0, err
+		}
+		allocated = size
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var n int64
+	for {
+		b := buf
+		if size >= 0 && int64(len(b)) > size+1-n {
+			b = b[:size+1-n] // one byte past the end tells a longer stream
+		}
+		k, rerr := r.Read(b)
+		if k > 0 {
+			if size >= 0 && n+int64(k) > size {
+				return n, fmt.Errorf("%w: the payload is longer than the %d bytes announced", ErrRead, size)
+			}
+			if n+int64(k) > allocated {
+				if err := z.growBlob(f, path, allocated, blobChunk); err != nil {
+					return n, err
+				}
+				allocated += blobChunk
+			}
+			if _, err := f.Write(b[:k]); err != nil {
+				return n, blobErr("writing", path, err)
+			}
+			n += int64(k)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return n, fmt.Errorf("%w: %w", ErrRead, rerr)
+		}
+	}
+	if n < size {
+		return n, fmt.Errorf("%w: the payload ended after %d of the %d bytes announced: %w", ErrRead, n, size, io.ErrUnexpectedEOF)
+	}
+	if allocated > n {
+		if err := z.shrinkBlob(f, path, n, allocated); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// OpenBlob opens the blob named name for reading and returns its size,
+// refusing names that are not blobs of this zone, anything but a regular
+// file, and files larger than max bytes. Failures are *BlobError.
+func (z *Zone) OpenBlob(name string, max int64) (*os.File, int64, error) {
+	if !z.isBlobName(name) {
+		return nil, 0, &BlobError{Op: "opening", Path: filepath.Join(filepath.Dir(z.path), name), Err: fmt.Errorf("%q is not a blob name of this zone", name)}
+	}
+	path := z.blobPath(name)
 	// Another process named it: no symlink, no FIFO that would block.
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("reading blob: %w", err)
+		return nil, 0, blobErr("opening", path, err)
 	}
-	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("reading blob: %w", err)
+		f.Close()
+		return nil, 0, blobErr("opening", path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("blob %s is not a regular file", path)
+		f.Close()
+		return nil, 0, &BlobError{Op: "opening", Path: path, Err: errors.New("not a regular file")}
 	}
 	if fi.Size() > max {
-		return nil, fmt.Errorf("blob %s is %d bytes, more than the limit of %d", path, fi.Size(), max)
+		f.Close()
+		return nil, 0, &BlobError{Op: "opening", Path: path, Err: fmt.Errorf("it is %d bytes, more than the limit of %d", fi.Size(), max)}
 	}
-	b := make([]byte, fi.Size())
+	return f, fi.Size(), nil
+}
+
+// ReadBlob reads the blob named name whole (see OpenBlob).
+func (z *Zone) ReadBlob(name string, max int64) ([]byte, error) {
+	f, size, err := z.OpenBlob(name, max)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, size)
 	if _, err := io.ReadFull(f, b); err != nil {
-		return nil, fmt.Errorf("reading blob %s: %w", path, err)
+		return nil, blobErr("reading", f.Name(), err)
 	}
 	return b, nil
 }
 
-// RemoveBlob removes a blob written by PutBlob that will not be used.
-func (z *Zone) RemoveBlob(name string) {
-	if strings.HasPrefix(name, z.blobPrefix()) && !strings.ContainsAny(name, "/\x00") {
-		os.Remove(filepath.Join(filepath.Dir(z.path), name))
-	}
-}
-
 // SweepBlobs removes this zone's blob files last changed more than ttl ago
-// and returns how many it removed.
+// and returns how many it removed. It recounts the bytes the others hold
+// for the quota.
 func (z *Zone) SweepBlobs(ttl time.Duration, now time.Time) int {
-	dir := filepath.Dir(z.path)
-	ents, err := os.ReadDir(dir)
+	uf, err := z.lockBlobs()
 	if err != nil {
 		return 0
 	}
+	defer z.unlockBlobs()
+	dir := filepath.Dir(z.path)
 	n := 0
-	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), z.blobPrefix()) {
-			continue
+	var kept int64
+	err = z.eachBlob(func(name string, fi os.FileInfo) {
+		if now.Sub(fi.ModTime()) > ttl && os.Remove(filepath.Join(dir, name)) == nil {
+			n++
+			return
 		}
-		if fi, err := e.Info(); err == nil && now.Sub(fi.ModTime()) > ttl {
-			if os.Remove(filepath.Join(dir, e.Name())) == nil {
-				n++
-			}
-		}
+		kept += fi.Size()
+	})
+	if err == nil {
+		_ = writeUsage(uf, kept)
 	}
 	return n
 }

@@ -100,6 +100,9 @@ func FuzzAttach(f *testing.F) {
 			binary.LittleEndian.PutUint64(b[off:], w[1])
 		}
 		o := Options{Name: "fuzzed", Dir: t.TempDir()}
+		if err := os.Mkdir(DirFor(o), 0o700); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(PathFor(o), b, 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -19,16 +19,25 @@ import (
 
 // Options name and size a zone.
 type Options struct {
-	// Name of the zone; the file is "ipcbus-<name>.zone" in Dir.
+	// Name of the zone; the file is "<name>.zone" in the zone's private
+	// directory in Dir (see DirFor).
 	Name string
-	// Dir holds the zone file; empty means DefaultDir().
+	// Dir holds the zone's private directory ("ipcbus-<uid>", or
+	// "ipcbus-g<gid>" for a group mode), which holds the zone file and its
+	// blobs; empty means DefaultDir().
 	Dir string
 	// Size of the zone in bytes. When attaching, 0 accepts whatever size the
 	// file has; any other value must equal it.
 	Size int64
-	// Mode of a new zone file; 0 means 0600. A mode that grants the group
-	// read and write lets processes of other users in that group join.
+	// Mode of a new zone file and of its blobs; 0 means 0600. A mode that
+	// grants the group read and write (0660) lets processes of other users
+	// that run with the same effective group join (see DirFor). Modes with
+	// bits for other users are refused.
 	Mode os.FileMode
+	// BlobQuota bounds the bytes the zone's blob files may hold at once,
+	// across every process of the node; 0 means DefaultBlobQuota. See
+	// SetBlobQuota.
+	BlobQuota int64
 	// ReadOnly attaches without creating and maps the zone read-only
 	// (for inspection tools).
 	ReadOnly bool
@@ -71,19 +80,18 @@ func DefaultDir() string {
 	return os.TempDir()
 }
 
-// PathFor is the file path of the zone named by o.
-func PathFor(o Options) string {
-	dir := o.Dir
-	if dir == "" {
-		dir = DefaultDir()
-	}
-	return filepath.Join(dir, "ipcbus-"+o.Name+".zone")
-}
+// PathFor is the file path of the zone named by o: "<name>.zone" in the
+// zone's private directory, DirFor(o).
+func PathFor(o Options) string { return filepath.Join(DirFor(o), o.Name+".zone") }
 
 // Zone is one process's mapping of a zone file. It is safe for concurrent use.
 // The file descriptor behind it never holds a liveness lock, so it is the one
 // used to probe other workers' liveness.
 type Zone struct {
+	name string
+	dir  string      // Options.Dir, resolved: the parent of the private directory
+	mode os.FileMode // the zone file's mode, given to blobs
+	ro   bool
 	path string
 	f    *os.File
 	mem  []byte
@@ -93,6 +101,7 @@ type Zone struct {
 	// mf holds the member lock of slot self; nil when read-only.
 	mf   *os.File
 	self int
+	blob blobState
 }
 
 // Open creates the zone file or attaches to an existing one, after checking
@@ -106,11 +115,19 @@ func Open(o Options) (*Zone, error) {
 			return nil, err
 		}
 	}
-	mode := o.Mode.Perm()
-	if mode == 0 {
-		mode = 0o600
+	mode := modeOf(o)
+	if err := validateMode(mode); err != nil {
+		return nil, err
+	}
+	if o.Dir == "" {
+		o.Dir = DefaultDir()
 	}
 	path := PathFor(o)
+	if !o.ReadOnly {
+		if err := ensureDir(o.Dir, filepath.Dir(path), mode); err != nil {
+			return nil, err
+		}
+	}
 	flags := os.O_RDWR | os.O_CREATE
 	if o.ReadOnly {
 		flags = os.O_RDONLY
@@ -118,20 +135,28 @@ func Open(o Options) (*Zone, error) {
 	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC|unix.O_NOFOLLOW, mode)
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) {
-			return nil, fmt.Errorf("zone file %s: permission denied: it belongs to another user or group; remove it, or run every process as the same user, or give the zone a group mode such as 0660", path)
+			var st unix.Stat_t
+			if unix.Lstat(path, &st) == nil {
+				return nil, fmt.Errorf("zone file %s: permission denied: it is owned by %s (group %s, mode %04o); run every process of the node as one user, or give every process a group mode such as 0660 and one common group", path, owner(st.Uid), group(st.Gid), st.Mode&0o777)
+			}
+			return nil, fmt.Errorf("zone file %s: permission denied; run every process of the node as one user, or give every process a group mode such as 0660 and one common group", path)
 		}
 		if o.ReadOnly && errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("zone file %s does not exist: no Caddy process has started the zone %q in %s", path, o.Name, filepath.Dir(path))
+			return nil, fmt.Errorf("zone file %s does not exist: no Caddy process of this user (or group, with a group mode) has started the zone %q in %s", path, o.Name, o.Dir)
 		}
-		return nil, fmt.Errorf("opening zone file %s: %w", path, err)
+		return nil, fmt.Errorf("opening zone file %s: %w", path, unwrapPath(err))
 	}
-	z := &Zone{path: path, f: f, self: -1}
+	z := &Zone{name: o.Name, dir: o.Dir, ro: o.ReadOnly, path: path, f: f, self: -1}
 	if err := z.attach(o, mode); err != nil {
 		z.Close()
 		return nil, err
 	}
 	z.ring = newRing(z)
 	if !o.ReadOnly {
+		if err := z.openBlobs(o.BlobQuota); err != nil {
+			z.Close()
+			return nil, err
+		}
 		if err := z.join(); err != nil {
 			z.Close()
 			return nil, err
@@ -150,10 +175,10 @@ func (z *Zone) attach(o Options, mode os.FileMode) error {
 		return fmt.Errorf("zone file %s is not a regular file; remove it or choose another zone name", z.path)
 	}
 	if !o.ReadOnly {
-		uid := uint32(os.Geteuid())
-		if st.Uid != uid && mode&0o060 != 0o060 {
-			return fmt.Errorf("zone file %s is owned by uid %d, not by this process (uid %d); remove it, run as its owner, or set a group mode such as 0660 on every process", z.path, st.Uid, uid)
+		if err := checkOwner("zone file", z.path, &st, mode); err != nil {
+			return err
 		}
+		uid := uint32(os.Geteuid())
 		// Creation and validation happen under the node lock, so that two
 		// processes starting together agree on who initializes the file.
 		if err := lockRange(z.f, unix.F_WRLCK, nodeLockByte, true); err != nil {
@@ -163,7 +188,11 @@ func (z *Zone) attach(o Options, mode os.FileMode) error {
 		if err := unix.Fstat(int(z.f.Fd()), &st); err != nil {
 			return fmt.Errorf("zone file %s: %w", z.path, err)
 		}
+		z.mode = os.FileMode(st.Mode & 0o777)
 		if st.Size == 0 || z.isBlank(st.Size) {
+			if st.Uid == uid {
+				z.mode = mode
+			}
 			return z.create(uint64(o.Size), mode, st.Uid == uid)
 		}
 	}
@@ -314,6 +343,7 @@ func (z *Zone) validate(o Options, fileSize int64) error {
 // the node's counters outlive its processes.
 func (z *Zone) Close() error {
 	var err error
+	z.closeBlobs()
 	if z.mf != nil {
 		if z.ring != nil {
 			z.ring.close()
@@ -337,6 +367,15 @@ func (z *Zone) Close() error {
 
 // Path is the zone file's path.
 func (z *Zone) Path() string { return z.path }
+
+// Name is the zone's name.
+func (z *Zone) Name() string { return z.name }
+
+// Dir is the directory the zone was opened in (Options.Dir, or the
+// DefaultDir it stood for): what another process gives as Options.Dir to
+// attach to this zone. The zone file itself is in a private directory in
+// it (see DirFor).
+func (z *Zone) Dir() string { return z.dir }
 
 // Size is the zone's size in bytes.
 func (z *Zone) Size() int64 { return int64(z.geo.size) }

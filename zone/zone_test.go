@@ -130,7 +130,7 @@ func TestOpenRefuses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			o := testOptions(t, MinSize)
 			if tt.mutate == nil {
-				if err := os.Mkdir(PathFor(o), 0o700); err != nil {
+				if err := os.MkdirAll(PathFor(o), 0o700); err != nil {
 					t.Fatal(err)
 				}
 			} else {
@@ -172,6 +172,9 @@ func TestOpenRefusesOtherOwner(t *testing.T) {
 func TestBlankFileIsInitialized(t *testing.T) {
 	o := testOptions(t, MinSize)
 	// A creator that died after sizing the file but before the magic.
+	if err := os.Mkdir(DirFor(o), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(PathFor(o), make([]byte, MinSize), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +193,8 @@ func TestBadOptions(t *testing.T) {
 		{Options{Name: "", Dir: dir, Size: MinSize}, "invalid zone name"},
 		{Options{Name: "a/b", Dir: dir, Size: MinSize}, "invalid zone name"},
 		{Options{Name: "x", Dir: dir, Size: 1000}, "invalid zone size 1000 bytes"},
-		{Options{Name: "x", Dir: filepath.Join(dir, "missing"), Size: MinSize}, "opening zone file"},
+		{Options{Name: "x", Dir: filepath.Join(dir, "missing"), Size: MinSize}, "zone directory " + filepath.Join(dir, "missing") + " does not exist"},
+		{Options{Name: "x", Dir: dir, Size: MinSize, Mode: 0o666}, "invalid zone mode 0666"},
 		{Options{Name: "nope", Dir: dir, ReadOnly: true}, "does not exist"},
 	} {
 		if _, err := Open(o.o); err == nil || !strings.Contains(err.Error(), o.want) {
@@ -258,7 +262,9 @@ func TestLivenessLock(t *testing.T) {
 	}
 }
 
-func filepathDir(p string) string { return filepath.Dir(p) }
+// filepathDir is the Options.Dir of the zone file at p: the directory of
+// its private directory.
+func filepathDir(p string) string { return filepath.Dir(filepath.Dir(p)) }
 
 // TestGeometry pins the ring geometry the README documents: a change of
 // the layout that moves these figures must change the README too.
