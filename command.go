@@ -21,13 +21,20 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "ipcbus",
-		Usage: "workers [--zone <name>] [--dir <path>] [--mode <octal>] [--json]",
-		Short: "Inspects an ipcbus zone",
+		Usage: "workers|tail|rm [--zone <name>] [--dir <path>] [--mode <octal>] ...",
+		Short: "Inspects, follows and removes ipcbus zones",
 		Long: `
-Reads an ipcbus zone file directly (no admin endpoint needed) and prints
-its node counters and worker table.
+Reads an ipcbus zone file directly (no admin endpoint needed).
 
   caddy ipcbus workers [--zone <name>] [--dir <path>] [--mode <octal>] [--json]
+      prints the node counters and the worker table;
+  caddy ipcbus tail [--zone ...] [--source <s>] [--event <e>] [--since <seq>|now] [--count <n>] [--json]
+      follows the events bus like tail -f: every event posted on the node,
+      from now (or from sequence --since, as far back as the ring holds),
+      until interrupted or --count events; losses are reported;
+  caddy ipcbus rm [--zone ...]
+      removes a zone (its file, blobs and usage file) once no process uses
+      it; refused while any worker or process holds it.
 
 --zone, --dir and --mode name the zone as the ipcbus global option does
 (defaults: "default"; /dev/shm, else $XDG_RUNTIME_DIR, else the temp dir;
@@ -41,28 +48,31 @@ its node counters and worker table.
 				Short: "Prints the node counters and the worker table of a zone",
 				Args:  cobra.NoArgs,
 				RunE: func(c *cobra.Command, _ []string) error {
-					name, _ := c.Flags().GetString("zone")
-					dir, _ := c.Flags().GetString("dir")
-					mode, _ := c.Flags().GetString("mode")
+					o, err := zoneOptions(c)
+					if err != nil {
+						return err
+					}
 					asJSON, _ := c.Flags().GetBool("json")
-					return printWorkers(c.OutOrStdout(), name, dir, mode, asJSON)
+					return printWorkers(c.OutOrStdout(), o, asJSON)
 				},
 			}
-			workers.Flags().String("zone", zone.DefaultName, "zone name")
-			workers.Flags().String("dir", "", "directory holding the zone's private directory")
-			workers.Flags().String("mode", "0600", "zone mode, as configured: 0660 looks in the group's directory")
+			zoneFlags(workers)
 			workers.Flags().Bool("json", false, "print JSON")
-			cmd.AddCommand(workers)
+			cmd.AddCommand(workers, tailCommand(), rmCommand())
+			cmd.Args = cobra.ArbitraryArgs
+			cmd.RunE = func(c *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					return fmt.Errorf("unknown command %q for caddy ipcbus; use workers, tail or rm", args[0])
+				}
+				return c.Help()
+			}
 		},
 	})
 }
 
-func printWorkers(out io.Writer, name, dir, modeText string, asJSON bool) error {
-	mode, err := parseMode(modeText)
-	if err != nil {
-		return err
-	}
-	o := zone.Options{Name: name, Dir: dir, Mode: mode, ReadOnly: true}
+func printWorkers(out io.Writer, o zone.Options, asJSON bool) error {
+	o.ReadOnly = true
+	name := o.Name
 	z, err := zone.Open(o)
 	if err != nil {
 		if others := otherZoneFiles(o); len(others) > 0 {

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
 // TestExpiredBlobIsAGap holds the README's promise that blob files are
@@ -58,5 +60,56 @@ func TestExpiredBlobIsAGap(t *testing.T) {
 	}
 	if len(after) != 1 || after[0] != "small" {
 		t.Fatalf("handled %v after the gap, want the small event", after)
+	}
+}
+
+// TestFollower: a follower on a read-only mapping sees the events posted
+// after it started, in order, blob payloads included, runs no handler and
+// takes no run-once event (a worker still handles it).
+func TestFollower(t *testing.T) {
+	z := openZone(t, 4<<20)
+	ro, err := zone.Open(zone.Options{Name: "ev", Dir: z.Dir(), ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	f := NewFollower(ro, ro.Ring().Tail())
+	poster := newBus(t, z, 1)
+	took := make(chan string, 1)
+	poster.Register(func(e *Event) { took <- e.Unique }, "jobs")
+	start(t, poster) // posts ipcbus/started
+	big := bytes.Repeat([]byte("b"), 200<<10)
+	if _, err := poster.Post("t", "one", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := poster.Post("t", "big", big); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := poster.Post("jobs", "run", nil, Unique("k")); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{Source + "/" + EventStarted, "t/one", "t/big", "jobs/run"}
+	for _, w := range want {
+		ev, loss, ok := f.Next(30 * time.Second)
+		if !ok {
+			t.Fatalf("want %s, got loss %+v or nothing", w, loss)
+		}
+		if got := ev.Source + "/" + ev.Name; got != w {
+			t.Fatalf("got %s, want %s", got, w)
+		}
+		if ev.Name == "big" && !bytes.Equal(ev.Data, big) {
+			t.Fatalf("blob payload: %d bytes", len(ev.Data))
+		}
+	}
+	select {
+	case k := <-took:
+		if k != "k" {
+			t.Fatalf("the worker took %q", k)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the run-once event was not handled by the worker (the follower took it?)")
+	}
+	if _, _, ok := f.Next(10 * time.Millisecond); ok {
+		t.Fatal("an event out of nothing")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,6 +41,19 @@ type helperResult struct {
 
 func helperMain(role string) int {
 	o := Options{Name: os.Getenv("ZONE_NAME"), Dir: os.Getenv("ZONE_DIR")}
+	if role == "fsize" {
+		// Files of this process may not grow past 512 KiB: reserving a
+		// 1 MiB zone fails (EFBIG) as a full file system would.
+		signal.Ignore(syscall.SIGXFSZ)
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: 512 << 10, Max: 512 << 10}); err != nil {
+			fmt.Println("setrlimit:", err)
+			return 1
+		}
+		o.Size = MinSize
+		_, err := Open(o)
+		fmt.Println(err)
+		return 0
+	}
 	z, err := Open(o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -76,6 +90,10 @@ func helperMain(role string) int {
 		fmt.Println(p.Seq())
 		time.Sleep(time.Hour)
 		return 0
+	case "fsize":
+		// Opens a zone bigger than this process may write: the create fails.
+		// (Handled before the zone is opened above; see helperMain.)
+		return 2
 	case "sleeper":
 		// A reader asleep on doorbell 0 until it is killed.
 		rd := r.NewReader(r.Tail())

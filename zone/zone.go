@@ -128,6 +128,17 @@ func Open(o Options) (*Zone, error) {
 			return nil, err
 		}
 	}
+	for attempt := 0; ; attempt++ {
+		z, err := open(o, path, mode)
+		if errors.Is(err, errUnlinked) && attempt < 3 {
+			continue
+		}
+		return z, err
+	}
+}
+
+// open is one try of Open.
+func open(o Options, path string, mode os.FileMode) (*Zone, error) {
 	flags := os.O_RDWR | os.O_CREATE
 	if o.ReadOnly {
 		flags = os.O_RDONLY
@@ -188,12 +199,22 @@ func (z *Zone) attach(o Options, mode os.FileMode) error {
 		if err := unix.Fstat(int(z.f.Fd()), &st); err != nil {
 			return fmt.Errorf("zone file %s: %w", z.path, err)
 		}
+		if st.Nlink == 0 {
+			return errUnlinked // removed while this process waited for the lock
+		}
 		z.mode = os.FileMode(st.Mode & 0o777)
 		if st.Size == 0 || z.isBlank(st.Size) {
 			if st.Uid == uid {
 				z.mode = mode
 			}
-			return z.create(uint64(o.Size), mode, st.Uid == uid)
+			if err := z.create(uint64(o.Size), mode, st.Uid == uid); err != nil {
+				// A failed create leaves no file: removed under the node
+				// lock, so an opener waiting for it finds the file unlinked
+				// and opens the path again.
+				os.Remove(z.path)
+				return err
+			}
+			return nil
 		}
 	}
 	return z.validate(o, st.Size)

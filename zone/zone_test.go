@@ -1,6 +1,7 @@
 package zone
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -286,5 +287,53 @@ func TestGeometry(t *testing.T) {
 		if g.dataOff%4096 != 0 || g.dataOff+g.dataSize > tt.size || g.segments < 16 {
 			t.Errorf("size %d: data at %d, %d bytes, %d segments", tt.size, g.dataOff, g.dataSize, g.segments)
 		}
+	}
+}
+
+// TestFailedCreateLeavesNoFile: a zone whose space cannot be reserved is an
+// error naming the size, and leaves no file behind (a process limited to
+// 512 KiB files stands in for a full /dev/shm).
+func TestFailedCreateLeavesNoFile(t *testing.T) {
+	o := testOptions(t, MinSize)
+	h := startHelper(t, o, "fsize")
+	msg := h.line(t)
+	if err := h.cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(msg, "1048576 bytes") {
+		t.Fatalf("create error %q does not name the size", msg)
+	}
+	if _, err := os.Stat(PathFor(o)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("after a failed create: %v, want no file", err)
+	}
+}
+
+// TestRemove: a zone in use by a live process is not removed; once its
+// processes are gone, the zone file, its blobs and its usage file are.
+func TestRemove(t *testing.T) {
+	o := testOptions(t, MinSize)
+	z := mustOpen(t, o)
+	if _, err := z.PutBlob([]byte("payload")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Remove(o); !errors.Is(err, ErrInUse) {
+		t.Fatalf("remove while open: %v, want ErrInUse", err)
+	}
+	z.Close()
+	removed, err := Remove(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) < 3 {
+		t.Fatalf("removed %v, want the zone file, its blob and its usage file", removed)
+	}
+	ents, _ := os.ReadDir(DirFor(o))
+	if len(ents) != 0 {
+		t.Fatalf("left in the zone's directory: %v", ents)
+	}
+	// The next open creates a new zone.
+	z2 := mustOpen(t, o)
+	if z2.Node().Starts.Load() != 0 {
+		t.Fatal("the new zone carries the old counters")
 	}
 }
