@@ -61,6 +61,16 @@ var metricDescs = []metricDesc{
 	counter("alerts_received_total", "Alerts this process's workers received.", func(s *snapshotForMetrics) float64 { return float64(s.report.Alerts.Received) }),
 	counter("alerts_dropped_total", "Alerts dropped because a receiver lagged (drop policy).", func(s *snapshotForMetrics) float64 { return float64(s.report.Alerts.Dropped) }),
 	counter("alert_bytes_sent_total", "Alert data bytes this process sent.", func(s *snapshotForMetrics) float64 { return float64(s.report.Alerts.BytesSent) }),
+	gauge("http_open_streams", "Long-polls and streams of ipcbus_poll open in this process.", func(s *snapshotForMetrics) float64 { return float64(s.report.HTTP.OpenStreams) }),
+	counter("http_streams_refused_total", "Polls and streams answered 503 for max_streams or the process-wide cap.", func(s *snapshotForMetrics) float64 {
+		return float64(s.report.HTTP.StreamsRefused)
+	}),
+	counter("http_slow_clients_dropped_total", "Streams and long-polls ended because the client did not read for write_timeout.", func(s *snapshotForMetrics) float64 {
+		return float64(s.report.HTTP.SlowClientsDropped)
+	}),
+	counter("http_bodies_too_large_total", "Request bodies refused with 413 (max_size, admin limit).", func(s *snapshotForMetrics) float64 {
+		return float64(s.report.HTTP.BodiesTooLarge)
+	}),
 }
 
 // Describe sends the descriptions of the metrics.

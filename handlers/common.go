@@ -149,10 +149,7 @@ func ReadBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 	var b []byte
 	var err error
 	if r.ContentLength > 0 {
-		// The server's body reader ends at Content-Length (and fails if
-		// the client sends less), so one exact allocation does.
-		b = make([]byte, r.ContentLength)
-		_, err = io.ReadFull(body, b)
+		b, err = readSized(body, r.ContentLength)
 	} else {
 		b, err = io.ReadAll(body)
 	}
@@ -163,6 +160,30 @@ func ReadBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 			return nil, tooLarge(w, r, limit)
 		}
 		return nil, httpErr(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err))
+	}
+	return b, nil
+}
+
+// readSized reads a body of a declared size (the server's body reader ends
+// there, and fails if the client sends less), growing its buffer as the
+// bytes come: a client that declares a large body holds no more memory
+// than it has sent.
+func readSized(body io.Reader, size int64) ([]byte, error) {
+	b := make([]byte, 0, min(size, 32<<10))
+	for int64(len(b)) < size {
+		if len(b) == cap(b) {
+			nb := make([]byte, len(b), min(size, 2*int64(cap(b))))
+			copy(nb, b)
+			b = nb
+		}
+		n, err := body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF && int64(len(b)) < size {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err != nil && err != io.EOF {
+			return nil, err
+		}
 	}
 	return b, nil
 }

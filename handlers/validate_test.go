@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"io"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
@@ -90,5 +93,26 @@ func TestWriteEventJSON(t *testing.T) {
 				t.Errorf("event %d bytes:\n got %s\nwant %s", e.Seq, b.Bytes(), want)
 			}
 		}
+	}
+}
+
+// TestReadSized: a declared body is read whole, a short one is an error,
+// and a client that declares much and sends little gets little memory.
+func TestReadSized(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789"), 30000)
+	if b, err := readSized(iotest.HalfReader(bytes.NewReader(data)), int64(len(data))); err != nil || !bytes.Equal(b, data) {
+		t.Fatalf("%d bytes, %v", len(b), err)
+	}
+	if _, err := readSized(bytes.NewReader(data[:10]), 11); err != io.ErrUnexpectedEOF {
+		t.Fatalf("short body: %v", err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := readSized(bytes.NewReader(data[:1000]), 1<<30); err == nil {
+		t.Fatal("a short body read")
+	}
+	runtime.ReadMemStats(&after)
+	if grown := after.TotalAlloc - before.TotalAlloc; grown > 1<<20 {
+		t.Fatalf("declaring 1GiB and sending 1000 bytes took %d bytes", grown)
 	}
 }

@@ -194,6 +194,15 @@ func TestSlowSSEClientDropped(t *testing.T) {
 	a.waitFor("the slow client to be dropped", func() bool { return a.stats().HTTP.SlowClientsDropped == 1 })
 	t.Logf("dropped %v after the posts", time.Since(start))
 	a.waitFor("its slot to be given back", func() bool { return a.stats().HTTP.OpenStreams == 0 })
+	resp, err := http.Get("http://" + a.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), "caddy_ipcbus_http_slow_clients_dropped_total 1\n") {
+		t.Fatalf("no slow client in the metrics:\n%s", metrics)
+	}
 }
 
 // TestDirectiveOrderStable: every process adapts the three directives in
