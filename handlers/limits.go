@@ -6,32 +6,74 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// DefaultProcessMaxStreams is the process-wide cap on open long-polls and
-// streams of all ipcbus_poll handlers together, on top of each handler's
-// own max_streams. (It is a package-level setting because the ipcbus app
-// has none for it yet; see SetProcessMaxStreams.)
+// DefaultProcessMaxStreams is the base of the process-wide cap on open
+// long-polls and streams of all ipcbus_poll handlers together, on top of
+// each handler's own max_streams. The cap is this base (see
+// SetProcessMaxStreams), or the largest max_streams of a live handler when
+// that is larger, so that one route configured for more is not held to
+// it. (It is a package-level setting because the ipcbus app has none for
+// it yet.)
 const DefaultProcessMaxStreams = 10000
 
-var processMaxStreams atomic.Int64
+// processCap holds the process-wide cap: its base and the max_streams of
+// the live handlers.
+var processCap = struct {
+	mu       sync.Mutex
+	base     int64
+	handlers map[int64]int // max_streams → live handlers with it
+	cur      atomic.Int64
+}{base: DefaultProcessMaxStreams, handlers: map[int64]int{}}
 
-func init() { processMaxStreams.Store(DefaultProcessMaxStreams) }
+func init() { processCap.cur.Store(DefaultProcessMaxStreams) }
 
-// SetProcessMaxStreams sets the process-wide cap on open long-polls and
-// streams (all ipcbus_poll handlers together); n <= 0 restores the
-// default. A request beyond it gets 503.
+func updateCapLocked() {
+	c := processCap.base
+	for n := range processCap.handlers {
+		c = max(c, n)
+	}
+	processCap.cur.Store(c)
+}
+
+// SetProcessMaxStreams sets the base of the process-wide cap on open
+// long-polls and streams (all ipcbus_poll handlers together); n <= 0
+// restores the default. A request beyond the cap gets 503.
 func SetProcessMaxStreams(n int64) {
 	if n <= 0 {
 		n = DefaultProcessMaxStreams
 	}
-	processMaxStreams.Store(n)
+	processCap.mu.Lock()
+	defer processCap.mu.Unlock()
+	processCap.base = n
+	updateCapLocked()
 }
 
 // ProcessMaxStreams is the process-wide cap on open long-polls and streams.
-func ProcessMaxStreams() int64 { return processMaxStreams.Load() }
+func ProcessMaxStreams() int64 { return processCap.cur.Load() }
+
+// countHandler counts a live handler's max_streams into the cap until the
+// returned release is called.
+func countHandler(maxStreams int64) (release func()) {
+	processCap.mu.Lock()
+	defer processCap.mu.Unlock()
+	processCap.handlers[maxStreams]++
+	updateCapLocked()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			processCap.mu.Lock()
+			defer processCap.mu.Unlock()
+			if processCap.handlers[maxStreams]--; processCap.handlers[maxStreams] <= 0 {
+				delete(processCap.handlers, maxStreams)
+			}
+			updateCapLocked()
+		})
+	}
+}
 
 // stats are this process's counters of the HTTP handlers.
 var stats struct {
@@ -71,7 +113,7 @@ func acquire(mine *atomic.Int64, limit int64) bool {
 		stats.refused.Add(1)
 		return false
 	}
-	if stats.open.Add(1) > processMaxStreams.Load() {
+	if stats.open.Add(1) > processCap.cur.Load() {
 		stats.open.Add(-1)
 		mine.Add(-1)
 		stats.refused.Add(1)

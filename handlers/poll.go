@@ -85,8 +85,9 @@ type Poll struct {
 	// KeepAlive is how often a stream sends a comment while idle. Default: 15s.
 	KeepAlive caddy.Duration `json:"keepalive,omitempty"`
 	// MaxStreams bounds the open long-polls and streams of this handler
-	// (503 beyond). Default: 10000. A process-wide cap (10000, see
-	// ProcessMaxStreams) holds for all handlers together.
+	// (503 beyond). Default: 10000. A process-wide cap holds for all
+	// handlers together: 10000, or the largest max_streams of a handler
+	// if larger (see DefaultProcessMaxStreams).
 	MaxStreams int `json:"max_streams,omitempty"`
 	// Limit is the most events one long-poll answer carries; the "limit"
 	// parameter may only ask for fewer. Default: 100, at most 10000.
@@ -107,8 +108,9 @@ type Poll struct {
 	Envelope bool `json:"envelope,omitempty"`
 
 	base
-	open   atomic.Int64
-	logger *zap.Logger
+	open    atomic.Int64
+	logger  *zap.Logger
+	uncount func()
 }
 
 // CaddyModule returns the Caddy module information.
@@ -120,9 +122,7 @@ func (*Poll) CaddyModule() caddy.ModuleInfo {
 func (h *Poll) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.setDefaults()
-	if int64(h.MaxStreams) > ProcessMaxStreams() {
-		h.logger.Warn("max_streams is above the process-wide cap, which holds first", zap.Int("max_streams", h.MaxStreams), zap.Int64("process_cap", ProcessMaxStreams()))
-	}
+	h.uncount = countHandler(int64(h.MaxStreams))
 	return h.provision(ctx)
 }
 
@@ -168,7 +168,13 @@ func (h *Poll) Validate() error {
 }
 
 // Cleanup ends the handler's streams.
-func (h *Poll) Cleanup() error { h.cleanup(); return nil }
+func (h *Poll) Cleanup() error {
+	if h.uncount != nil {
+		h.uncount()
+	}
+	h.cleanup()
+	return nil
+}
 
 // filter keeps events whose source and name match the lists; none keeps
 // nothing (configured filters whose placeholders came out empty). A
@@ -334,7 +340,7 @@ func (p reader) read(since uint64) (*events.Event, uint64, uint64) {
 // events, about maxBytes of payload (an event that would pass it waits
 // for the next page, unless it is the first), or the end of the ring.
 func writePage(w io.Writer, p reader, first *events.Event, next, lost uint64, limit int, maxBytes int64) error {
-	bw := bufio.NewWriterSize(w, 32<<10)
+	bw := bufio.NewWriterSize(w, 16<<10)
 	bw.WriteString(`{"events":[`)
 	n, size := 0, int64(0)
 	for ev := first; ev != nil; {
@@ -445,7 +451,7 @@ func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f
 	if dw.Flush() != nil {
 		return // the headers are out: nothing else can be said
 	}
-	bw := bufio.NewWriterSize(dw, 32<<10)
+	bw := bufio.NewWriterSize(dw, 4<<10) // held as long as the stream: small; large payloads go past it
 	keep := time.NewTicker(time.Duration(h.KeepAlive))
 	defer keep.Stop()
 	p := reader{bus: bus, keep: f.match}

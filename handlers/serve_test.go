@@ -587,3 +587,30 @@ func TestClientGoneIsNoError(t *testing.T) {
 		t.Fatalf("answered a client that went away: %s", a.body)
 	}
 }
+
+// TestProcessCap: the process-wide cap is its base, or the largest
+// max_streams of a live handler.
+func TestProcessCap(t *testing.T) {
+	if got := ProcessMaxStreams(); got != DefaultProcessMaxStreams {
+		t.Fatalf("cap %d", got)
+	}
+	release := countHandler(20000)
+	small := countHandler(5)
+	if got := ProcessMaxStreams(); got != 20000 {
+		t.Fatalf("with a handler of 20000: %d", got)
+	}
+	release()
+	release()
+	if got := ProcessMaxStreams(); got != DefaultProcessMaxStreams {
+		t.Fatalf("after it went: %d", got)
+	}
+	SetProcessMaxStreams(3)
+	if got := ProcessMaxStreams(); got != 5 {
+		t.Fatalf("base 3, a handler of 5: %d", got)
+	}
+	small()
+	SetProcessMaxStreams(0)
+	if got := ProcessMaxStreams(); got != DefaultProcessMaxStreams {
+		t.Fatalf("reset: %d", got)
+	}
+}
