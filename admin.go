@@ -45,6 +45,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 
 // ZoneInfo names a zone in API answers.
 type ZoneInfo struct {
+	// Name is the zone's name, Path its file, Size its size in bytes.
 	Name string `json:"name"`
 	Path string `json:"path"`
 	Size int64  `json:"size"`
@@ -52,8 +53,11 @@ type ZoneInfo struct {
 
 // WorkersReport is the answer of GET /ipcbus/workers and of the CLI's --json.
 type WorkersReport struct {
-	Zone    ZoneInfo               `json:"zone"`
-	Node    workermgr.NodeInfo     `json:"node"`
+	// Zone names the zone.
+	Zone ZoneInfo `json:"zone"`
+	// Node has the node's state and counters.
+	Node workermgr.NodeInfo `json:"node"`
+	// Workers is the worker table: live workers first, then the exited ones.
 	Workers []workermgr.WorkerInfo `json:"workers"`
 }
 
@@ -127,6 +131,7 @@ func addStats(s workermgr.Stats) {
 
 // StatsReport is the answer of GET /ipcbus/stats: this process's counters.
 type StatsReport struct {
+	// PID is this process's; Worker and Generation name its running worker.
 	PID        int    `json:"pid"`
 	Worker     string `json:"worker"`
 	Generation int    `json:"generation"`
@@ -141,11 +146,14 @@ type StatsReport struct {
 	// HTTP has the counters of the HTTP handlers of this process (open
 	// streams, streams refused and slow clients dropped, bodies refused).
 	HTTP handlers.Stats `json:"http"`
-	Ring RingStats      `json:"ring"`
+	// Ring is the zone ring's tail and geometry.
+	Ring RingStats `json:"ring"`
 }
 
 // RingStats describes the zone's ring.
 type RingStats struct {
+	// Tail is the next sequence number; Slots the records the ring holds;
+	// DataBytes its data area; MaxRecord the largest record it carries.
 	Tail      uint64 `json:"tail"`
 	Slots     uint64 `json:"slots"`
 	DataBytes uint64 `json:"data_bytes"`

@@ -82,6 +82,7 @@ type Error struct {
 	Err error
 }
 
+// Error returns Err's message.
 func (e *Error) Error() string { return e.Err.Error() }
 
 // Unwrap returns Err.
