@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
@@ -131,13 +133,15 @@ type answer struct {
 	body   string
 }
 
+// request makes a request as Caddy hands it to a handler: with a replacer
+// for the placeholders.
 func request(method, target string, body io.Reader, length int64, header ...string) *http.Request {
 	r := httptest.NewRequest(method, target, body)
 	r.ContentLength = length
 	for i := 0; i+1 < len(header); i += 2 {
 		r.Header.Set(header[i], header[i+1])
 	}
-	return r
+	return r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddyhttp.NewTestReplacer(r)))
 }
 
 type serveFunc func(http.ResponseWriter, *http.Request) error
