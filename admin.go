@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/handlers"
 	"github.com/ipcbus/caddy-ipcbus/ipc"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
 )
@@ -44,6 +45,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 
 // ZoneInfo names a zone in API answers.
 type ZoneInfo struct {
+	// Name is the zone's name, Path its file, Size its size in bytes.
 	Name string `json:"name"`
 	Path string `json:"path"`
 	Size int64  `json:"size"`
@@ -51,27 +53,42 @@ type ZoneInfo struct {
 
 // WorkersReport is the answer of GET /ipcbus/workers and of the CLI's --json.
 type WorkersReport struct {
-	Zone    ZoneInfo               `json:"zone"`
-	Node    workermgr.NodeInfo     `json:"node"`
+	// Zone names the zone.
+	Zone ZoneInfo `json:"zone"`
+	// Node has the node's state and counters.
+	Node workermgr.NodeInfo `json:"node"`
+	// Workers is the worker table: live workers first, then the exited ones.
 	Workers []workermgr.WorkerInfo `json:"workers"`
 }
 
 var errNotRunning = errors.New("ipcbus is not running in this process")
 
-// runningGET checks that r is a GET and returns the running app, locked;
-// the caller unlocks it.
-func runningGET(r *http.Request) (*App, error) {
+// running is what the GET endpoints read of the running app, taken under
+// its lock: nothing of the app is touched after the lock is released.
+type running struct {
+	workers WorkersReport
+	stats   StatsReport
+}
+
+// runningGET checks that r is a GET and returns a snapshot of the running app.
+func runningGET(r *http.Request) (running, error) {
 	if r.Method != http.MethodGet {
-		return nil, caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("method not allowed: use GET")}
+		return running{}, caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("method not allowed: use GET")}
 	}
-	if a := current(); a != nil {
-		a.mu.Lock()
-		if a.worker != nil {
-			return a, nil
-		}
-		a.mu.Unlock()
+	a := current()
+	if a == nil {
+		return running{}, caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errNotRunning}
 	}
-	return nil, caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errNotRunning}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.worker == nil {
+		return running{}, caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errNotRunning}
+	}
+	node, workers := workermgr.Snapshot(a.zone)
+	return running{
+		workers: WorkersReport{Zone: ZoneInfo{Name: a.Zone, Path: a.zone.Path(), Size: a.zone.Size()}, Node: node, Workers: workers},
+		stats:   a.statsLocked(),
+	}, nil
 }
 
 func writeJSON(w http.ResponseWriter, v any) error {
@@ -82,14 +99,11 @@ func writeJSON(w http.ResponseWriter, v any) error {
 }
 
 func handleWorkers(w http.ResponseWriter, r *http.Request) error {
-	a, err := runningGET(r)
+	snap, err := runningGET(r)
 	if err != nil {
 		return err
 	}
-	z, name := a.zone, a.Zone
-	a.mu.Unlock()
-	node, workers := workermgr.Snapshot(z)
-	return writeJSON(w, WorkersReport{Zone: ZoneInfo{Name: name, Path: z.Path(), Size: z.Size()}, Node: node, Workers: workers})
+	return writeJSON(w, snap.workers)
 }
 
 // processStats accumulates the counters of this process's past workers.
@@ -117,6 +131,7 @@ func addStats(s workermgr.Stats) {
 
 // StatsReport is the answer of GET /ipcbus/stats: this process's counters.
 type StatsReport struct {
+	// PID is this process's; Worker and Generation name its running worker.
 	PID        int    `json:"pid"`
 	Worker     string `json:"worker"`
 	Generation int    `json:"generation"`
@@ -128,11 +143,18 @@ type StatsReport struct {
 	Events events.Stats `json:"events"`
 	// Alerts sums the IPC alert counters of every worker this process has run.
 	Alerts ipc.Stats `json:"alerts"`
-	Ring   RingStats `json:"ring"`
+	// HTTP has the counters of the HTTP handlers of this process (open
+	// streams, streams refused and slow clients dropped, bodies refused).
+	HTTP handlers.Stats `json:"http"`
+	// Ring is the zone ring's tail and geometry.
+	Ring RingStats `json:"ring"`
 }
 
 // RingStats describes the zone's ring.
 type RingStats struct {
+	// Tail is the next sequence number; Slots the records the index
+	// holds; DataBytes the data area, leased in Segments of SegmentSize
+	// bytes; MaxRecord the largest record it carries.
 	Tail        uint64 `json:"tail"`
 	Slots       uint64 `json:"slots"`
 	DataBytes   uint64 `json:"data_bytes"`
@@ -142,12 +164,11 @@ type RingStats struct {
 }
 
 func handleStats(w http.ResponseWriter, r *http.Request) error {
-	a, err := runningGET(r)
+	snap, err := runningGET(r)
 	if err != nil {
 		return err
 	}
-	defer a.mu.Unlock()
-	return writeJSON(w, a.statsLocked())
+	return writeJSON(w, snap.stats)
 }
 
 // statsLocked builds this process's stats report; call with a.mu held and
@@ -159,6 +180,7 @@ func (a *App) statsLocked() StatsReport {
 	rep.Lifecycle.Add(a.worker.Stats())
 	rep.Events.Add(a.bus.Stats())
 	rep.Alerts.Add(a.alerts.Stats())
+	rep.HTTP = handlers.ReadStats()
 	ring := a.zone.Ring()
 	rep.Ring = RingStats{Tail: ring.Tail(), Slots: ring.Slots(), DataBytes: ring.DataSize(), Segments: ring.Segments(),
 		SegmentSize: ring.SegmentSize(), MaxRecord: ring.MaxRecord()}
@@ -166,4 +188,7 @@ func (a *App) statsLocked() StatsReport {
 }
 
 // Interface guards
-var _ caddy.AdminRouter = adminAPI{}
+var (
+	_ caddy.AdminRouter = adminAPI{}
+	_ handlers.Bus      = (*App)(nil)
+)

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"mime"
 	"net/http"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -16,6 +18,7 @@ import (
 
 // PostRequest is the body of POST /ipcbus/events.
 type PostRequest struct {
+	// Source and Event name the event.
 	Source string `json:"source"`
 	Event  string `json:"event"`
 	// Data is any JSON value. A JSON string is posted as its text; any
@@ -25,20 +28,34 @@ type PostRequest struct {
 	Unique string `json:"unique,omitempty"`
 }
 
+// AdminPageBytes bounds the payload bytes of one GET /ipcbus/events
+// answer (at least one event is sent, whatever its size): 1MiB.
+const AdminPageBytes = handlers.DefaultMaxBytes
+
+var errMethodPost = errors.New("method not allowed: use POST with the alert's data as the body")
+
 func apiErr(status int, err error) error { return caddy.APIError{HTTPStatus: status, Err: err} }
 
-// runningBus returns the running app's bus and max payload.
-func runningBus() (*events.Bus, int64, error) {
+// runningBus returns the running app and its bus.
+func runningBus() (*App, *events.Bus, error) {
 	a := current()
 	if a == nil {
-		return nil, 0, apiErr(http.StatusServiceUnavailable, errNotRunning)
+		return nil, nil, apiErr(http.StatusServiceUnavailable, errNotRunning)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.bus == nil {
-		return nil, 0, apiErr(http.StatusServiceUnavailable, errNotRunning)
+	bus := a.Bus()
+	if bus == nil {
+		return nil, nil, apiErr(http.StatusServiceUnavailable, errNotRunning)
 	}
-	return a.bus, a.MaxPayload, nil
+	return a, bus, nil
+}
+
+// UniqueKeyTimeout is how long a run-once key stays taken: unique_timeout,
+// or its default.
+func (a *App) UniqueKeyTimeout() time.Duration {
+	if a.UniqueTimeout > 0 {
+		return time.Duration(a.UniqueTimeout)
+	}
+	return events.DefaultUniqueTimeout
 }
 
 func handleEvents(w http.ResponseWriter, r *http.Request) error {
@@ -48,21 +65,29 @@ func handleEvents(w http.ResponseWriter, r *http.Request) error {
 	case http.MethodPost:
 		return postEvent(w, r)
 	}
+	w.Header().Set("Allow", "GET, POST")
 	return apiErr(http.StatusMethodNotAllowed, errors.New("method not allowed: use GET to read events or POST to post one"))
 }
 
+// isJSON reports a JSON media type: application/json or a +json one.
+func isJSON(r *http.Request) bool {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
+}
+
 func postEvent(w http.ResponseWriter, r *http.Request) error {
-	bus, maxPayload, err := runningBus()
+	// Like Caddy's /load: a JSON body says so. (A browser cannot send
+	// that type across origins without asking first.)
+	if !isJSON(r) {
+		return apiErr(http.StatusUnsupportedMediaType, fmt.Errorf("unacceptable content-type %q: send the event as application/json", r.Header.Get("Content-Type")))
+	}
+	a, bus, err := runningBus()
 	if err != nil {
 		return err
 	}
-	// JSON can spend up to six bytes on a payload byte (\u00XX).
-	body, err := io.ReadAll(io.LimitReader(r.Body, 6*maxPayload+64<<10+1))
-	if err != nil {
-		return apiErr(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err))
-	}
-	if int64(len(body)) > 6*maxPayload+64<<10 {
-		return apiErr(http.StatusRequestEntityTooLarge, fmt.Errorf("request body over %d bytes", 6*maxPayload+64<<10))
+	body, herr := handlers.ReadBody(w, r, AdminMaxBody) // the bus checks the payload against max_payload
+	if herr != nil {
+		return apiErr(herr.Status, herr.Err)
 	}
 	var req PostRequest
 	if err := json.Unmarshal(body, &req); err != nil {
@@ -84,13 +109,14 @@ func postEvent(w http.ResponseWriter, r *http.Request) error {
 	}
 	seq, err := bus.Post(req.Source, req.Event, data, opts...)
 	if err != nil {
-		return apiErr(handlers.EventStatus(err), err)
+		herr := handlers.PostError(w, a, err)
+		return apiErr(herr.Status, herr.Err)
 	}
 	return writeJSON(w, map[string]uint64{"seq": seq})
 }
 
 func getEvents(w http.ResponseWriter, r *http.Request) error {
-	bus, _, err := runningBus()
+	_, bus, err := runningBus()
 	if err != nil {
 		return err
 	}
@@ -102,14 +128,10 @@ func getEvents(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if v := q.Get("limit"); v != "" {
-		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > 10000 {
-			return apiErr(http.StatusBadRequest, fmt.Errorf("limit=%q: must be a number from 1 to 10000", v))
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > handlers.MaxPollLimit {
+			return apiErr(http.StatusBadRequest, fmt.Errorf("limit=%q: must be a number from 1 to %d", v, handlers.MaxPollLimit))
 		}
 	}
-	evs, next, lost := bus.Range(since, limit)
-	page := handlers.EventsPage{Events: make([]handlers.EventJSON, 0, len(evs)), Next: next, Lost: lost}
-	for i := range evs {
-		page.Events = append(page.Events, handlers.NewEventJSON(&evs[i]))
-	}
-	return writeJSON(w, page)
+	_ = handlers.WritePage(w, bus, since, limit, AdminPageBytes) // a failed write: the client went away
+	return nil
 }

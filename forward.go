@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
+
+	"github.com/ipcbus/caddy-ipcbus/handlers"
 )
 
 func init() {
@@ -26,7 +28,8 @@ func init() {
 // The bus event has the Caddy event's name, the configured source, and a
 // JSON payload {"id","origin","time","data"}.
 type Forward struct {
-	// Source of the bus events. Default: "caddy".
+	// Source of the bus events. Default: "caddy". It is reserved: the HTTP
+	// handlers refuse to post it, and stream it only where a route names it.
 	Source string `json:"source,omitempty"`
 
 	// QueueSize bounds the events waiting to be posted. Default: 1024.
@@ -37,6 +40,7 @@ type Forward struct {
 	done    chan struct{}
 	dropped atomic.Uint64
 	logger  *zap.Logger
+	release func()
 }
 
 type forwarded struct {
@@ -64,8 +68,9 @@ func (*Forward) CaddyModule() caddy.ModuleInfo {
 func (f *Forward) Provision(ctx caddy.Context) error {
 	f.logger = ctx.Logger()
 	if f.Source == "" {
-		f.Source = "caddy"
+		f.Source = handlers.DefaultForwardSource
 	}
+	f.release = handlers.ReserveSource(f.Source)
 	if f.QueueSize <= 0 {
 		f.QueueSize = 1024
 	}
@@ -127,6 +132,9 @@ func (f *Forward) Handle(_ context.Context, e caddy.Event) error {
 
 // Cleanup stops the posting goroutine.
 func (f *Forward) Cleanup() error {
+	if f.release != nil {
+		f.release()
+	}
 	if f.stop != nil {
 		close(f.stop)
 		<-f.done

@@ -69,6 +69,16 @@ var metricDescs = []metricDesc{
 	}),
 	gauge("blob_bytes", "Bytes the zone's blob files hold, node-wide.", func(s *snapshotForMetrics) float64 { return float64(s.blobBytes) }),
 	gauge("blob_quota_bytes", "The blob quota this process checks (blob_quota).", func(s *snapshotForMetrics) float64 { return float64(s.blobQuota) }),
+	gauge("http_open_streams", "Long-polls and streams of ipcbus_poll open in this process.", func(s *snapshotForMetrics) float64 { return float64(s.report.HTTP.OpenStreams) }),
+	counter("http_streams_refused_total", "Polls and streams answered 503 for max_streams or the process-wide cap.", func(s *snapshotForMetrics) float64 {
+		return float64(s.report.HTTP.StreamsRefused)
+	}),
+	counter("http_slow_clients_dropped_total", "Streams and long-polls ended because the client did not read for write_timeout.", func(s *snapshotForMetrics) float64 {
+		return float64(s.report.HTTP.SlowClientsDropped)
+	}),
+	counter("http_bodies_too_large_total", "Request bodies refused with 413 (max_size, admin limit).", func(s *snapshotForMetrics) float64 {
+		return float64(s.report.HTTP.BodiesTooLarge)
+	}),
 }
 
 // Describe sends the descriptions of the metrics.

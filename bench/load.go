@@ -311,10 +311,13 @@ http://127.0.0.1:%d {
 	handle /events {
 		ipcbus_poll {
 			max_streams 20000
+			limit 10000
 		}
 	}
 	handle /publish {
-		ipcbus_broadcast load msg
+		ipcbus_broadcast load msg {
+			max_size 64MiB
+		}
 	}
 }
 `, admin, dir, site)

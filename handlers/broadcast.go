@@ -3,6 +3,7 @@ package handlers
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"mime"
 	"net/http"
 	"strings"
@@ -11,7 +12,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
-	"github.com/ipcbus/caddy-ipcbus/ipc"
 )
 
 func init() {
@@ -23,12 +23,18 @@ func init() {
 // process of the node receive it, and answers {"seq": N}. A JSON body
 // (Content-Type application/json) is posted as JSON; any other body as its
 // bytes. With alert set, it sends an IPC alert broadcast instead and
-// answers {"ok": true}. Errors: 400 bad input, 405 another method than
-// POST, 409 a duplicate unique key, 413 too large, 503 the bus not running.
+// answers {"ok": true}. Errors: 400 bad input (a reserved source or event
+// name among them), 405 another method than POST, 409 a duplicate unique
+// key, 413 a body over max_size, 503 the bus not running or the run-once
+// key table full (with Retry-After). Names are checked before the body is
+// read.
 type Broadcast struct {
-	// Source of the event. Placeholders allowed. Default: the "source" query parameter.
+	// Source of the event. Placeholders allowed. Default: the "source"
+	// query parameter. The reserved sources (ipcbus, ipcbus.*, and those of
+	// ipcbus_forward, "caddy" by default) are refused.
 	Source string `json:"source,omitempty"`
-	// Event name. Placeholders allowed. Default: the "event" query parameter.
+	// Event name. Placeholders allowed. Default: the "event" query
+	// parameter. Names starting with "ipcbus." are refused.
 	Event string `json:"event,omitempty"`
 	// Unique makes the event run-once under this key. Placeholders allowed.
 	// Default: the "unique" query parameter, if any.
@@ -38,8 +44,13 @@ type Broadcast struct {
 	// Name of the alert (with alert). Placeholders allowed. Default: the
 	// "name" query parameter.
 	Name string `json:"name,omitempty"`
+	// MaxSize is the largest request body (the payload) in bytes; beyond
+	// it the answer is 413, at once when the request says its length.
+	// Default: 1MiB; at most the app's max_payload.
+	MaxSize int64 `json:"max_size,omitempty"`
 
 	base
+	limit int64
 }
 
 // CaddyModule returns the Caddy module information.
@@ -48,54 +59,125 @@ func (*Broadcast) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision finds the ipcbus app.
-func (h *Broadcast) Provision(ctx caddy.Context) error { return h.provision(ctx) }
+func (h *Broadcast) Provision(ctx caddy.Context) error {
+	if err := h.provision(ctx); err != nil {
+		return err
+	}
+	h.limit = bodyLimit(h.MaxSize, h.app.MaxPayloadBytes())
+	return nil
+}
+
+// Validate checks the configuration: names without placeholders must be
+// valid and not reserved as they are, and max_size within the app's
+// max_payload.
+func (h *Broadcast) Validate() error {
+	literal := func(s string) bool { return s != "" && !hasPlaceholder(s) }
+	if h.Alert {
+		if h.Source != "" || h.Event != "" || h.Unique != "" {
+			return errors.New("ipcbus_broadcast: alert sends an IPC alert, which has a name but no source, event or unique key")
+		}
+		if literal(h.Name) {
+			if err := checkAlertName(h.Name); err != nil {
+				return fmt.Errorf("ipcbus_broadcast: %w", err)
+			}
+		}
+	} else {
+		if h.Name != "" {
+			return errors.New("ipcbus_broadcast: name is the name of an alert; set alert, or use source and event")
+		}
+		for _, c := range []struct{ what, v string }{{"source", h.Source}, {"event", h.Event}, {"unique key", h.Unique}} {
+			if literal(c.v) {
+				if err := checkName(c.what, c.v); err != nil {
+					return fmt.Errorf("ipcbus_broadcast: %w", err)
+				}
+			}
+		}
+		// The forwarders' own sources are checked per request: a reload
+		// may move them, and the old config's are still reserved now.
+		if err := checkPublish(literalOr(h.Source), literalOr(h.Event), false); err != nil {
+			return fmt.Errorf("ipcbus_broadcast: %w", err)
+		}
+	}
+	return checkMaxSize("ipcbus_broadcast", h.MaxSize, h.app)
+}
+
+// literalOr is s when it has no placeholder, else "" (known per request only).
+func literalOr(s string) string {
+	if hasPlaceholder(s) {
+		return ""
+	}
+	return s
+}
 
 // Cleanup releases the handler.
 func (h *Broadcast) Cleanup() error { h.cleanup(); return nil }
 
 // ServeHTTP posts the event or broadcasts the alert.
 func (h *Broadcast) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if !onlyMethod(w, r, http.MethodPost) {
+	if !allow(w, r, http.MethodPost) {
 		return nil
 	}
 	if h.Alert {
-		c := h.app.IPC()
-		if c == nil {
-			return writeError(w, http.StatusServiceUnavailable, errNotRunning)
+		if err := SendAlert(w, r, h.app, true, "", value(r, h.Name, "name"), h.limit); err != nil {
+			writeError(w, err)
+			return nil
 		}
-		body, status, err := readBody(w, r, ipc.MaxDataLen)
-		if err != nil {
-			return writeError(w, status, err)
-		}
-		if err := c.Broadcast(value(r, h.Name, "name"), body); err != nil {
-			return writeError(w, AlertStatus(err), err)
-		}
-		return writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+		return nil
 	}
+	seq, err := h.post(w, r)
+	if err != nil {
+		writeError(w, err)
+		return nil
+	}
+	writeJSON(w, http.StatusOK, map[string]uint64{"seq": seq})
+	return nil
+}
+
+func (h *Broadcast) post(w http.ResponseWriter, r *http.Request) (uint64, *Error) {
 	bus := h.app.Bus()
 	if bus == nil {
-		return writeError(w, http.StatusServiceUnavailable, errNotRunning)
+		answerEarly(w, r)
+		return 0, httpErr(http.StatusServiceUnavailable, errNotRunning)
 	}
-	body, status, err := readBody(w, r, h.app.MaxPayloadBytes())
-	if err != nil {
-		return writeError(w, status, err)
+	source, event, unique := value(r, h.Source, "source"), value(r, h.Event, "event"), value(r, h.Unique, "unique")
+	fail := func(err error) *Error { // answered before the body is read
+		answerEarly(w, r)
+		return httpErr(http.StatusBadRequest, fmt.Errorf("failed posting event %q by %q; %w", event, source, err))
+	}
+	for _, c := range []struct{ what, v string }{{"source", source}, {"event", event}} {
+		if err := checkName(c.what, c.v); err != nil {
+			return 0, fail(err)
+		}
+	}
+	if unique != "" {
+		if err := checkName("unique key", unique); err != nil {
+			return 0, fail(err)
+		}
+	}
+	if err := checkPublish(source, event, true); err != nil {
+		return 0, fail(err)
+	}
+	body, herr := ReadBody(w, r, h.limit)
+	if herr != nil {
+		return 0, herr
 	}
 	var data any = body
 	if isJSON(r) {
 		if !json.Valid(body) {
-			return writeError(w, http.StatusBadRequest, errors.New("the body is sent as application/json but is not valid JSON"))
+			return 0, httpErr(http.StatusBadRequest, errors.New("the body is sent as application/json but is not valid JSON"))
 		}
 		data = json.RawMessage(body)
 	}
 	var opts []events.PostOption
-	if u := value(r, h.Unique, "unique"); u != "" {
-		opts = append(opts, events.Unique(u))
+	if unique != "" {
+		opts = append(opts, events.Unique(unique))
 	}
-	seq, err := bus.Post(value(r, h.Source, "source"), value(r, h.Event, "event"), data, opts...)
+	seq, err := bus.Post(source, event, data, opts...)
 	if err != nil {
-		return writeError(w, EventStatus(err), err)
+		return 0, PostError(w, h.app, err)
 	}
-	return writeJSON(w, http.StatusOK, map[string]uint64{"seq": seq})
+	return seq, nil
 }
 
 func isJSON(r *http.Request) bool {
@@ -107,5 +189,6 @@ func isJSON(r *http.Request) bool {
 var (
 	_ caddyhttp.MiddlewareHandler = (*Broadcast)(nil)
 	_ caddy.Provisioner           = (*Broadcast)(nil)
+	_ caddy.Validator             = (*Broadcast)(nil)
 	_ caddy.CleanerUpper          = (*Broadcast)(nil)
 )

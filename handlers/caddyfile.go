@@ -9,14 +9,21 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
+// directives are registered in this order, each right before respond, so
+// the order among them is the same in every process: send, broadcast, poll.
+var directives = []struct {
+	name  string
+	parse httpcaddyfile.UnmarshalHandlerFunc
+}{
+	{"ipcbus_send", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) { return unmarshal(h, new(Send)) }},
+	{"ipcbus_broadcast", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) { return unmarshal(h, new(Broadcast)) }},
+	{"ipcbus_poll", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) { return unmarshal(h, new(Poll)) }},
+}
+
 func init() {
-	for name, parse := range map[string]httpcaddyfile.UnmarshalHandlerFunc{
-		"ipcbus_send":      func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) { return unmarshal(h, new(Send)) },
-		"ipcbus_broadcast": func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) { return unmarshal(h, new(Broadcast)) },
-		"ipcbus_poll":      func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) { return unmarshal(h, new(Poll)) },
-	} {
-		httpcaddyfile.RegisterHandlerDirective(name, parse)
-		httpcaddyfile.RegisterDirectiveOrder(name, httpcaddyfile.Before, "respond")
+	for _, d := range directives {
+		httpcaddyfile.RegisterHandlerDirective(d.name, d.parse)
+		httpcaddyfile.RegisterDirectiveOrder(d.name, httpcaddyfile.Before, "respond")
 	}
 }
 
@@ -29,15 +36,40 @@ func unmarshal(h httpcaddyfile.Helper, m unmarshalHandler) (caddyhttp.Middleware
 	return m, m.UnmarshalCaddyfile(h.Dispenser)
 }
 
+// oneArg reads the single argument of a setting.
+func oneArg(d *caddyfile.Dispenser, directive, opt string) (string, error) {
+	var v string
+	if !d.AllArgs(&v) {
+		return "", d.Errf("%s %s needs exactly one value", directive, opt)
+	}
+	return v, nil
+}
+
+// sizeArg reads a size setting: 1MiB (2^20 bytes), 1MB (10^6 bytes), 512.
+func sizeArg(d *caddyfile.Dispenser, directive, opt string) (int64, error) {
+	v, err := oneArg(d, directive, opt)
+	if err != nil {
+		return 0, err
+	}
+	n, err := parseSize(v)
+	if err != nil {
+		return 0, d.Errf("%s %s: %v", directive, opt, err)
+	}
+	return n, nil
+}
+
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	ipcbus_send [<matcher>] [<pid> [<name>]] {
-//		pid  <pid>
-//		name <name>
+//		pid      <pid>
+//		name     <name>
+//		max_size <size>
 //	}
 //
 // Without pid or name, the request's "pid" and "name" query parameters
-// give them. Placeholders are allowed in both.
+// give them. Placeholders are allowed in both. max_size is the largest
+// body (the alert's data), like 1MiB (2^20 bytes) or 1MB (10^6 bytes);
+// default 1MiB, at most the app's max_payload.
 func (h *Send) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	args := d.RemainingArgs()
@@ -51,17 +83,19 @@ func (h *Send) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		h.Name = args[1]
 	}
 	for d.NextBlock(0) {
-		switch d.Val() {
+		var err error
+		switch opt := d.Val(); opt {
 		case "pid":
-			if !d.AllArgs(&h.PID) {
-				return d.Errf("ipcbus_send pid needs exactly one value")
-			}
+			h.PID, err = oneArg(d, "ipcbus_send", opt)
 		case "name":
-			if !d.AllArgs(&h.Name) {
-				return d.Errf("ipcbus_send name needs exactly one value")
-			}
+			h.Name, err = oneArg(d, "ipcbus_send", opt)
+		case "max_size":
+			h.MaxSize, err = sizeArg(d, "ipcbus_send", opt)
 		default:
-			return d.Errf("unknown ipcbus_send setting %q; the settings are pid and name", d.Val())
+			return d.Errf("unknown ipcbus_send setting %q; the settings are pid, name and max_size", opt)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -70,16 +104,19 @@ func (h *Send) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	ipcbus_broadcast [<matcher>] [<source> [<event>]] {
-//		source <source>
-//		event  <event>
-//		unique <key>
-//		alert  [<name>]
+//		source   <source>
+//		event    <event>
+//		unique   <key>
+//		alert    [<name>]
+//		max_size <size>
 //	}
 //
 // Without source, event or unique, the request's query parameters of the
 // same names give them. `alert` broadcasts an IPC alert (named by its
 // argument, else the "name" query parameter) instead of posting an event.
-// Placeholders are allowed everywhere.
+// Placeholders are allowed everywhere. max_size is the largest body, like
+// 1MiB (2^20 bytes) or 1MB (10^6 bytes); default 1MiB, at most the app's
+// max_payload.
 func (h *Broadcast) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	args := d.RemainingArgs()
@@ -93,13 +130,16 @@ func (h *Broadcast) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		h.Event = args[1]
 	}
 	for d.NextBlock(0) {
+		var err error
 		switch opt := d.Val(); opt {
-		case "source", "event", "unique":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.Errf("ipcbus_broadcast %s needs exactly one value", opt)
-			}
-			*map[string]*string{"source": &h.Source, "event": &h.Event, "unique": &h.Unique}[opt] = v
+		case "source":
+			h.Source, err = oneArg(d, "ipcbus_broadcast", opt)
+		case "event":
+			h.Event, err = oneArg(d, "ipcbus_broadcast", opt)
+		case "unique":
+			h.Unique, err = oneArg(d, "ipcbus_broadcast", opt)
+		case "max_size":
+			h.MaxSize, err = sizeArg(d, "ipcbus_broadcast", opt)
 		case "alert":
 			h.Alert = true
 			rest := d.RemainingArgs()
@@ -110,11 +150,14 @@ func (h *Broadcast) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Name = rest[0]
 			}
 		default:
-			return d.Errf("unknown ipcbus_broadcast setting %q; the settings are source, event, unique and alert", opt)
+			return d.Errf("unknown ipcbus_broadcast setting %q; the settings are source, event, unique, alert and max_size", opt)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	if h.Alert && (h.Source != "" || h.Event != "" || h.Unique != "") {
-		return d.Err("ipcbus_broadcast: alert sends an IPC alert, which has a name but no source, event or unique key")
+		return d.Errf("ipcbus_broadcast: alert sends an IPC alert, which has a name but no source, event or unique key")
 	}
 	return nil
 }
@@ -122,17 +165,22 @@ func (h *Broadcast) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	ipcbus_poll [<matcher>] [<source>...] {
-//		source      <source>...   # a trailing * matches a prefix
-//		event       <event>...
-//		timeout     <duration>    # long-poll wait, default 30s
-//		max_timeout <duration>    # cap of the timeout parameter, default 5m
-//		keepalive   <duration>    # stream comment interval, default 15s
-//		max_streams <n>           # open polls and streams per process, default 10000
-//		limit       <n>           # events per long-poll answer, default 100
+//		source        <source>...   # a trailing * matches a prefix
+//		event         <event>...
+//		timeout       <duration>    # long-poll wait, default 30s
+//		max_timeout   <duration>    # cap of the timeout parameter, default 5m
+//		keepalive     <duration>    # stream comment interval, default 15s
+//		write_timeout <duration>    # a client not reading this long is dropped, default 10s
+//		max_streams   <n>           # open polls and streams of this handler, default 10000
+//		limit         <n>           # most events per long-poll answer, default 100, at most 10000
+//		max_bytes     <size>        # payload bytes per answer or stream batch, default 1MiB
+//		envelope                    # stream events as JSON objects (source included)
 //	}
 //
 // Without source or event, the request's "source" and "event" query
-// parameters filter. Placeholders are allowed in sources and events.
+// parameters filter. Placeholders are allowed in sources and events. The
+// reserved sources (ipcbus, ipcbus.*, and those of ipcbus_forward, "caddy"
+// by default) are served only where a source written here names them.
 func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	h.Sources = d.RemainingArgs()
@@ -148,28 +196,58 @@ func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.Events = append(h.Events, vals...)
 			}
-		case "timeout", "max_timeout", "keepalive":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.Errf("ipcbus_poll %s needs exactly one value", opt)
+		case "timeout", "max_timeout", "keepalive", "write_timeout":
+			v, err := oneArg(d, "ipcbus_poll", opt)
+			if err != nil {
+				return err
 			}
 			dur, err := caddy.ParseDuration(v)
 			if err != nil || dur <= 0 {
 				return d.Errf("ipcbus_poll %s: %q is not a positive duration; write it like 30s", opt, v)
 			}
-			*map[string]*caddy.Duration{"timeout": &h.Timeout, "max_timeout": &h.MaxTimeout, "keepalive": &h.KeepAlive}[opt] = caddy.Duration(dur)
-		case "max_streams", "limit":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.Errf("ipcbus_poll %s needs exactly one value", opt)
+			switch opt {
+			case "timeout":
+				h.Timeout = caddy.Duration(dur)
+			case "max_timeout":
+				h.MaxTimeout = caddy.Duration(dur)
+			case "keepalive":
+				h.KeepAlive = caddy.Duration(dur)
+			default:
+				h.WriteTimeout = caddy.Duration(dur)
+			}
+		case "max_streams":
+			v, err := oneArg(d, "ipcbus_poll", opt)
+			if err != nil {
+				return err
 			}
 			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || (opt == "limit" && n > maxPollLimit) {
-				return d.Errf("ipcbus_poll %s: %q must be a number from 1%s", opt, v, map[bool]string{true: " to 10000", false: " up"}[opt == "limit"])
+			if err != nil || n < 1 {
+				return d.Errf("ipcbus_poll max_streams: %q must be a number from 1 up", v)
 			}
-			*map[string]*int{"max_streams": &h.MaxStreams, "limit": &h.Limit}[opt] = n
+			h.MaxStreams = n
+		case "limit":
+			v, err := oneArg(d, "ipcbus_poll", opt)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > MaxPollLimit {
+				return d.Errf("ipcbus_poll limit: %q must be a number from 1 to %d", v, MaxPollLimit)
+			}
+			h.Limit = n
+		case "max_bytes":
+			n, err := sizeArg(d, "ipcbus_poll", opt)
+			if err != nil {
+				return err
+			}
+			h.MaxBytes = n
+		case "envelope":
+			if d.NextArg() {
+				return d.Errf("ipcbus_poll envelope takes no value")
+			}
+			h.Envelope = true
 		default:
-			return d.Errf("unknown ipcbus_poll setting %q; the settings are source, event, timeout, max_timeout, keepalive, max_streams and limit", opt)
+			return d.Errf("unknown ipcbus_poll setting %q; the settings are source, event, timeout, max_timeout, keepalive, write_timeout, max_streams, limit, max_bytes and envelope", opt)
 		}
 	}
 	return nil

@@ -6,13 +6,25 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/dustin/go-humanize"
+
+	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/ipc"
+	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
 var errNotRunning = errors.New("ipcbus is not running")
+
+// DefaultMaxSize is the default largest request body of ipcbus_send and
+// ipcbus_broadcast (capped by the app's max_payload), and the largest body
+// of the admin API's POST /ipcbus/send, /ipcbus/broadcast and /ipcbus/events.
+const DefaultMaxSize = 1 << 20
 
 // base is what every handler shares: the ipcbus app of its config, and a
 // context cancelled on Caddy's "stopping" event (emitted before any app
@@ -61,6 +73,23 @@ func (s stopper) Handle(context.Context, caddy.Event) error {
 	return nil
 }
 
+// Error is a failed request with its HTTP status. The handlers answer it
+// as {"error": "<Err>"}; the admin API turns it into a caddy.APIError.
+type Error struct {
+	// Status is the HTTP status of the answer.
+	Status int
+	// Err says what went wrong, for the client.
+	Err error
+}
+
+// Error returns Err's message.
+func (e *Error) Error() string { return e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *Error) Unwrap() error { return e.Err }
+
+func httpErr(status int, err error) *Error { return &Error{Status: status, Err: err} }
+
 // value is a configured value with placeholders replaced, or, when it is
 // not configured, the query parameter of the same role.
 func value(r *http.Request, configured, query string) string {
@@ -101,24 +130,162 @@ func values(r *http.Request, configured []string, query string) (out []string, e
 	return out, false
 }
 
-// readBody reads at most limit bytes of the body; more is a 413.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, int, error) {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+// hasPlaceholder reports whether a configured value is only known per request.
+func hasPlaceholder(s string) bool { return strings.Contains(s, "{") }
+
+// ReadBody reads a request body of at most limit bytes: a Content-Length
+// over the limit is answered 413 at once, before anything is read (and
+// before a client that sent "Expect: 100-continue" sends its body), and a
+// body without a length is cut off with a 413 as soon as it passes the
+// limit. The handlers and the admin API read every body through it.
+func ReadBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Error) {
+	if r.ContentLength > limit {
+		stats.bodiesTooLarge.Add(1)
+		return nil, tooLarge(w, r, limit)
+	}
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	body := http.MaxBytesReader(w, r.Body, limit)
+	var b []byte
+	var err error
+	if r.ContentLength > 0 {
+		b, err = readSized(body, r.ContentLength)
+	} else {
+		b, err = io.ReadAll(body)
+	}
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
-			return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("request body over the limit of %d bytes", limit)
+			stats.bodiesTooLarge.Add(1)
+			return nil, tooLarge(w, r, limit)
 		}
-		return nil, http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err)
+		return nil, httpErr(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err))
 	}
-	return b, 0, nil
+	return b, nil
 }
 
-func onlyMethod(w http.ResponseWriter, r *http.Request, method string) bool {
-	if r.Method == method {
-		return true
+// readSized reads a body of a declared size (the server's body reader ends
+// there, and fails if the client sends less), growing its buffer as the
+// bytes come: a client that declares a large body holds no more memory
+// than it has sent.
+func readSized(body io.Reader, size int64) ([]byte, error) {
+	b := make([]byte, 0, min(size, 32<<10))
+	for int64(len(b)) < size {
+		if len(b) == cap(b) {
+			nb := make([]byte, len(b), min(size, 2*int64(cap(b))))
+			copy(nb, b)
+			b = nb
+		}
+		n, err := body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF && int64(len(b)) < size {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err != nil && err != io.EOF {
+			return nil, err
+		}
 	}
-	w.Header().Set("Allow", method)
-	writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use %s", r.Method, method))
+	return b, nil
+}
+
+func tooLarge(w http.ResponseWriter, r *http.Request, limit int64) *Error {
+	answerEarly(w, r)
+	return httpErr(http.StatusRequestEntityTooLarge, fmt.Errorf("request body over the limit of %d bytes", limit))
+}
+
+// answerEarly lets an answer go out before the request's body is read:
+// over HTTP/1 it closes the connection after the answer. Otherwise, when
+// the body is wrapped (Caddy's read timeouts wrap it), net/http reads up
+// to 256KiB of it before it writes the answer, waiting for a client that
+// sent only its head (or waits for "100 Continue") to send its body.
+// (EnableFullDuplex would skip that read too, but net/http then leaves a
+// background read running when it drains a small body after the handler,
+// and panics on the connection's next request.) HTTP/2 has no such wait,
+// and there a Connection header would end every stream of the connection.
+func answerEarly(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		w.Header().Set("Connection", "close")
+	}
+}
+
+// allow answers 405 with an Allow header unless r's method is one of methods.
+func allow(w http.ResponseWriter, r *http.Request, methods ...string) bool {
+	for _, m := range methods {
+		if r.Method == m {
+			return true
+		}
+	}
+	w.Header().Set("Allow", strings.Join(methods, ", "))
+	answerEarly(w, r)
+	writeError(w, &Error{http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use %s", r.Method, strings.Join(methods, " or "))})
 	return false
+}
+
+// checkName applies the events bus's rules for sources, event names and
+// unique keys (1 to 255 bytes, no line break or NUL), with its words.
+func checkName(what, s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("%w: %s is empty", events.ErrInvalid, what)
+	case len(s) > events.MaxNameLen:
+		return fmt.Errorf("%w: %s is %d bytes, the limit is %d", events.ErrInvalid, what, len(s), events.MaxNameLen)
+	case strings.ContainsAny(s, "\r\n\x00"):
+		return fmt.Errorf("%w: %s %q holds a line break or NUL, which is not allowed", events.ErrInvalid, what, s)
+	}
+	return nil
+}
+
+// checkAlertName applies the alerts' rules for names, with ngx_lua_ipc's words.
+func checkAlertName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: alert name cannot be empty", ipc.ErrInvalid)
+	case len(name) > ipc.MaxNameLen:
+		return fmt.Errorf("%w: alert name length cannot exceed %d, was %d", ipc.ErrInvalid, ipc.MaxNameLen, len(name))
+	}
+	return nil
+}
+
+// parseSize reads a size like 1MiB (2^20 bytes) or 1MB (10^6 bytes).
+func parseSize(s string) (int64, error) {
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n == 0 || n > events.MaxPayloadLimit {
+		return 0, fmt.Errorf("%q is not a size from 1 byte to 4294967040 bytes; write it like 1MiB (2^20 bytes) or 1MB (10^6 bytes)", s)
+	}
+	return int64(n), nil
+}
+
+// bodyLimit is a handler's max_size: the configured one, or the default,
+// never more than the app's max_payload.
+func bodyLimit(configured, maxPayload int64) int64 {
+	limit := configured
+	if limit <= 0 {
+		limit = DefaultMaxSize
+	}
+	if maxPayload > 0 && limit > maxPayload {
+		limit = maxPayload
+	}
+	return limit
+}
+
+// retryAfter is the Retry-After of a 503 for a full run-once key table:
+// the unique timeout, after which every key now taken is free again.
+func retryAfter(d time.Duration) string {
+	if d <= 0 {
+		d = events.DefaultUniqueTimeout
+	}
+	return strconv.FormatInt(int64((d+time.Second-1)/time.Second), 10)
+}
+
+// PostError turns an error of events.Bus.Post into the handlers' answer:
+// its status (409 duplicate, 413 too large, 400 invalid, 503 closed or a
+// full run-once key table, with Retry-After), set on w where a header is
+// needed.
+func PostError(w http.ResponseWriter, app Bus, err error) *Error {
+	if errors.Is(err, zone.ErrUniqueTableFull) {
+		w.Header().Set("Retry-After", retryAfter(app.UniqueKeyTimeout()))
+		return httpErr(http.StatusServiceUnavailable, err)
+	}
+	return httpErr(EventStatus(err), err)
 }

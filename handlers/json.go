@@ -1,62 +1,117 @@
 // Package handlers holds the HTTP handlers of caddy-ipcbus: ipcbus_send,
 // ipcbus_broadcast and ipcbus_poll (long-poll JSON and Server-Sent Events),
-// with their Caddyfile directives, and the JSON shapes the admin API shares
-// with them.
+// with their Caddyfile directives, and the request paths, limits and JSON
+// shapes the admin API shares with them.
 package handlers
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
 	"github.com/ipcbus/caddy-ipcbus/ipc"
+	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
 // Bus is what the handlers need from the ipcbus app (the root package's
 // App implements it): the running worker's events bus and alerts endpoint,
-// nil while the app is not started.
+// nil while the app is not started, and a few settings and checks.
 type Bus interface {
 	Bus() *events.Bus
 	IPC() *ipc.IPC
+	// MaxPayloadBytes is the app's max_payload.
 	MaxPayloadBytes() int64
+	// UniqueKeyTimeout is how long a run-once key stays taken (the app's
+	// unique_timeout); a full key table is retried after it.
+	UniqueKeyTimeout() time.Duration
+	// LiveWorker reports whether pid is a live (or hung) worker of the
+	// node, so that a send to nobody is refused before its body is read.
+	LiveWorker(pid int) bool
 }
 
+// EncodingBase64 is the value of EventJSON.DataEncoding for a payload that
+// is neither JSON nor valid UTF-8 text: Data is then a JSON string of its
+// bytes in standard base64.
+const EncodingBase64 = "base64"
+
 // EventJSON is one event in JSON answers. Data is embedded as JSON when the
-// event was posted as JSON, else as a string.
+// event was posted as JSON, else as a string: the text itself when it is
+// valid UTF-8, else its base64, with DataEncoding "base64".
 type EventJSON struct {
-	Seq        uint64          `json:"seq"`
-	Source     string          `json:"source"`
-	Event      string          `json:"event"`
-	Data       json.RawMessage `json:"data"`
-	PID        int             `json:"pid"`
-	Generation int             `json:"generation"`
-	Time       time.Time       `json:"time"`
-	Unique     string          `json:"unique,omitempty"`
+	// Seq is the event's sequence number.
+	Seq uint64 `json:"seq"`
+	// Source and Event are what it was posted with.
+	Source string `json:"source"`
+	Event  string `json:"event"`
+	// Data is the payload.
+	Data json.RawMessage `json:"data"`
+	// DataEncoding is "base64" when Data is the base64 of a binary payload.
+	DataEncoding string `json:"data_encoding,omitempty"`
+	// PID and Generation name the poster's worker.
+	PID        int `json:"pid"`
+	Generation int `json:"generation"`
+	// Time is when the event was committed to the ring.
+	Time time.Time `json:"time"`
+	// Unique is its run-once key, if any.
+	Unique string `json:"unique,omitempty"`
 }
 
 // NewEventJSON converts an event for a JSON answer.
 func NewEventJSON(e *events.Event) EventJSON {
-	return EventJSON{Seq: e.Seq, Source: e.Source, Event: e.Name, Data: DataJSON(e), PID: e.PID, Generation: e.Generation, Time: e.Time, Unique: e.Unique}
+	data, enc := dataJSON(e)
+	return EventJSON{Seq: e.Seq, Source: e.Source, Event: e.Name, Data: data, DataEncoding: enc, PID: e.PID, Generation: e.Generation, Time: e.Time, Unique: e.Unique}
 }
 
 // DataJSON is an event's payload as a JSON value: itself when it was posted
-// as JSON, else a JSON string of its bytes.
+// as JSON, else a JSON string of its text, or of its base64 when it is not
+// valid UTF-8 (see NewEventJSON, which says so in DataEncoding).
 func DataJSON(e *events.Event) json.RawMessage {
-	if e.JSON && len(e.Data) == 0 {
-		return json.RawMessage("null")
+	d, _ := dataJSON(e)
+	return d
+}
+
+func dataJSON(e *events.Event) (json.RawMessage, string) {
+	switch dataKind(e) {
+	case kindNull:
+		return json.RawMessage("null"), ""
+	case kindJSON:
+		return e.Data, ""
+	case kindText:
+		s, _ := json.Marshal(string(e.Data))
+		return s, ""
 	}
-	if e.JSON && json.Valid(e.Data) {
-		return e.Data
+	s, _ := json.Marshal(base64.StdEncoding.EncodeToString(e.Data))
+	return s, EncodingBase64
+}
+
+// How a payload is carried in JSON.
+const (
+	kindNull = iota
+	kindJSON
+	kindText
+	kindBinary
+)
+
+func dataKind(e *events.Event) int {
+	switch {
+	case e.JSON && len(e.Data) == 0:
+		return kindNull
+	case e.JSON && json.Valid(e.Data):
+		return kindJSON
+	case utf8.Valid(e.Data):
+		return kindText
 	}
-	s, _ := json.Marshal(string(e.Data))
-	return s
+	return kindBinary
 }
 
 // EventsPage is a page of events: the answer of GET /ipcbus/events and of
 // an ipcbus_poll long-poll.
 type EventsPage struct {
+	// Events are the page's events, oldest first.
 	Events []EventJSON `json:"events"`
 	// Next is the sequence to ask for next (the since of the next call).
 	Next uint64 `json:"next"`
@@ -64,7 +119,8 @@ type EventsPage struct {
 	Lost uint64 `json:"lost"`
 }
 
-// EventStatus maps an events bus error to its HTTP status.
+// EventStatus maps an events bus error to its HTTP status. (PostError
+// also sets Retry-After for a full run-once key table.)
 func EventStatus(err error) int {
 	switch {
 	case errors.Is(err, events.ErrDuplicate):
@@ -73,7 +129,7 @@ func EventStatus(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, events.ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, events.ErrClosed):
+	case errors.Is(err, events.ErrClosed), errors.Is(err, zone.ErrUniqueTableFull):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
@@ -97,14 +153,15 @@ func AlertStatus(err error) int {
 	return http.StatusInternalServerError
 }
 
-// writeJSON writes v with a status.
-func writeJSON(w http.ResponseWriter, status int, v any) error {
+// writeJSON writes v with a status. A failed write means the client went
+// away; nothing more can be said to it, and it is no server error.
+func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	return json.NewEncoder(w).Encode(v)
+	_ = json.NewEncoder(w).Encode(v)
 }
 
-// writeError writes {"error": msg} with a status.
-func writeError(w http.ResponseWriter, status int, err error) error {
-	return writeJSON(w, status, map[string]string{"error": err.Error()})
+// writeError writes {"error": msg} with the error's status.
+func writeError(w http.ResponseWriter, e *Error) {
+	writeJSON(w, e.Status, map[string]string{"error": e.Err.Error()})
 }

@@ -1,10 +1,9 @@
 package handlers
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
+	"bufio"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
 )
@@ -24,40 +24,55 @@ func init() {
 
 // Defaults of Poll.
 const (
-	DefaultPollTimeout = 30 * time.Second
-	DefaultMaxTimeout  = 5 * time.Minute
-	DefaultKeepAlive   = 15 * time.Second
-	DefaultMaxStreams  = 10000
-	DefaultPollLimit   = 100
-	maxPollLimit       = 10000
+	DefaultPollTimeout  = 30 * time.Second
+	DefaultMaxTimeout   = 5 * time.Minute
+	DefaultKeepAlive    = 15 * time.Second
+	DefaultMaxStreams   = 10000
+	DefaultPollLimit    = 100
+	DefaultMaxBytes     = 1 << 20
+	DefaultWriteTimeout = 10 * time.Second
+	// MaxPollLimit is the largest limit a config may set.
+	MaxPollLimit = 10000
+	// sseBatch is the most events a stream writes between two flushes.
+	sseBatch = 256
 )
 
-// open counts this process's open long-polls and streams.
-var open atomic.Int64
-
-// Poll serves the events of the bus to HTTP clients, on GET.
+// Poll serves the events of the bus to HTTP clients, on GET (HEAD answers
+// the same headers without waiting or a body).
 //
 // With `Accept: text/event-stream` it is a Server-Sent Events stream: each
 // event is `id: <seq>`, `event: <name>`, and its payload exactly as posted
-// as `data:` lines (one per line of the payload); a client that reconnects
-// with Last-Event-ID resumes after that event; keep-alive comments flow
-// while nothing happens; and when the client asks for events the ring no
-// longer holds, an explicit `lost` event says how many
-// (`{"from":SEQ,"count":N}`).
+// as `data:` lines (one per line of the payload), or with envelope the
+// event's JSON object as in the long-poll (its source included); a client
+// that reconnects with Last-Event-ID resumes after that event; keep-alive
+// comments flow while nothing happens; and when the client asks for events
+// the ring no longer holds, the notice `event: ipcbus.lost` says how many
+// (`{"from":SEQ,"count":N,"reason":"overrun"}`); publishers cannot post
+// that name. A client that takes no write for write_timeout is dropped.
 //
 // Otherwise it is a long-poll answered in JSON,
 // `{"events":[{"seq","source","event","data","pid","generation","time"}],"next":SEQ,"lost":N}`,
 // at once when there are events after `since`, else when one arrives or
-// after `timeout`. Without `since` it starts from now; `since=0` is
-// everything the ring still holds. A JSON payload is embedded as JSON, any
-// other as a string.
+// after `timeout` (0: at once). Without `since` it starts from now;
+// `since=0` is everything the ring still holds. A JSON payload is embedded
+// as JSON, valid UTF-8 text as a string, anything else as the string of its
+// base64 with "data_encoding":"base64". An answer holds at most `limit`
+// events and about `max_bytes` of payload (the first event whatever its
+// size), read and written one at a time.
+//
+// The reserved sources (ipcbus, ipcbus.*, and those of ipcbus_forward,
+// "caddy" by default) are served only where the configured sources name
+// them explicitly ("ipcbus.workers", "ipcbus.*", "caddy"; not "*", and
+// not through a placeholder or the query).
 //
 // Both end cleanly on Caddy's "stopping" event, so a reload or a stop
-// never waits on them, and both count against max_streams (503 beyond).
+// never waits on them, and both count against max_streams and the
+// process-wide cap (503 beyond).
 type Poll struct {
 	// Sources keeps only events of these sources; a trailing * matches a
 	// prefix. Placeholders allowed. Default: the "source" query parameters
-	// (several, or comma-separated); none means every source.
+	// (several, or comma-separated); none means every source that is not
+	// reserved.
 	Sources []string `json:"sources,omitempty"`
 	// Events keeps only events of these names, like Sources. Default: the
 	// "event" query parameters.
@@ -69,14 +84,33 @@ type Poll struct {
 	MaxTimeout caddy.Duration `json:"max_timeout,omitempty"`
 	// KeepAlive is how often a stream sends a comment while idle. Default: 15s.
 	KeepAlive caddy.Duration `json:"keepalive,omitempty"`
-	// MaxStreams bounds this process's open long-polls and streams (all
-	// ipcbus_poll handlers together). Default: 10000.
+	// MaxStreams bounds the open long-polls and streams of this handler
+	// (503 beyond). Default: 10000. A process-wide cap holds for all
+	// handlers together: 10000, or the largest max_streams of a handler
+	// if larger (see DefaultProcessMaxStreams).
 	MaxStreams int `json:"max_streams,omitempty"`
-	// Limit is the most events one long-poll answer carries (the "limit"
-	// parameter may ask for fewer, or more up to 10000). Default: 100.
+	// Limit is the most events one long-poll answer carries; the "limit"
+	// parameter may only ask for fewer. Default: 100, at most 10000.
 	Limit int `json:"limit,omitempty"`
+	// MaxBytes bounds the payload bytes of one long-poll answer and of
+	// one stream write between flushes; an answer always carries at least
+	// one event, whatever its size. Default: 1MiB.
+	MaxBytes int64 `json:"max_bytes,omitempty"`
+	// WriteTimeout is how long a write to a client may take: a client that
+	// does not read for that long is dropped (and counted in the stats).
+	// It replaces the server's write timeout for streams and long-polls.
+	// Default: 10s.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+	// Envelope makes each stream event's data the event's JSON object, as
+	// in the long-poll (seq, source, event, data, pid, generation, time),
+	// so that a client can tell sources apart and binary payloads arrive
+	// whole (in base64). The `event:` field stays the event's name.
+	Envelope bool `json:"envelope,omitempty"`
 
 	base
+	open    atomic.Int64
+	logger  *zap.Logger
+	uncount func()
 }
 
 // CaddyModule returns the Caddy module information.
@@ -86,6 +120,13 @@ func (*Poll) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults and finds the ipcbus app.
 func (h *Poll) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.setDefaults()
+	h.uncount = countHandler(int64(h.MaxStreams))
+	return h.provision(ctx)
+}
+
+func (h *Poll) setDefaults() {
 	if h.Timeout == 0 {
 		h.Timeout = caddy.Duration(DefaultPollTimeout)
 	}
@@ -101,32 +142,48 @@ func (h *Poll) Provision(ctx caddy.Context) error {
 	if h.Limit == 0 {
 		h.Limit = DefaultPollLimit
 	}
-	return h.provision(ctx)
+	if h.MaxBytes == 0 {
+		h.MaxBytes = DefaultMaxBytes
+	}
+	if h.WriteTimeout == 0 {
+		h.WriteTimeout = caddy.Duration(DefaultWriteTimeout)
+	}
 }
 
 // Validate checks the configuration.
 func (h *Poll) Validate() error {
 	switch {
-	case h.Timeout < 0 || h.MaxTimeout < 0 || h.KeepAlive < 0:
-		return fmt.Errorf("ipcbus_poll: timeout, max_timeout and keepalive must be positive")
+	case h.Timeout < 0 || h.MaxTimeout < 0 || h.KeepAlive < 0 || h.WriteTimeout < 0:
+		return fmt.Errorf("ipcbus_poll: timeout, max_timeout, keepalive and write_timeout must be positive")
 	case h.Timeout > h.MaxTimeout:
 		return fmt.Errorf("ipcbus_poll: timeout %v is longer than max_timeout %v", time.Duration(h.Timeout), time.Duration(h.MaxTimeout))
 	case h.MaxStreams < 0:
 		return fmt.Errorf("ipcbus_poll: max_streams must be positive, was %d", h.MaxStreams)
-	case h.Limit < 0 || h.Limit > maxPollLimit:
-		return fmt.Errorf("ipcbus_poll: limit must be between 1 and %d, was %d", maxPollLimit, h.Limit)
+	case h.Limit < 0 || h.Limit > MaxPollLimit:
+		return fmt.Errorf("ipcbus_poll: limit must be between 1 and %d, was %d", MaxPollLimit, h.Limit)
+	case h.MaxBytes < 0:
+		return fmt.Errorf("ipcbus_poll: max_bytes must be positive, was %d", h.MaxBytes)
 	}
 	return nil
 }
 
 // Cleanup ends the handler's streams.
-func (h *Poll) Cleanup() error { h.cleanup(); return nil }
+func (h *Poll) Cleanup() error {
+	if h.uncount != nil {
+		h.uncount()
+	}
+	h.cleanup()
+	return nil
+}
 
 // filter keeps events whose source and name match the lists; none keeps
-// nothing (configured filters whose placeholders came out empty).
+// nothing (configured filters whose placeholders came out empty). A
+// reserved source passes only through one of the configured patterns
+// that names it explicitly.
 type filter struct {
 	sources, events []string
 	none            bool
+	configured      []string
 }
 
 func match(patterns []string, s string) bool {
@@ -144,68 +201,118 @@ func match(patterns []string, s string) bool {
 func (f filter) keep(e *events.Event) bool { return f.match(e.Source, e.Name) }
 
 func (f filter) match(source, name string) bool {
-	return !f.none && match(f.sources, source) && match(f.events, name)
+	if f.none || !match(f.sources, source) || !match(f.events, name) {
+		return false
+	}
+	if root := reservedRoot(source); root != "" {
+		for _, p := range f.configured {
+			if explicitFor(p, source, root) {
+				return true
+			}
+		}
+		return false
+	}
+	return true
 }
 
-// ServeHTTP serves a stream or a long-poll.
-func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if !onlyMethod(w, r, http.MethodGet) {
-		return nil
-	}
-	bus := h.app.Bus()
-	if bus == nil {
-		return writeError(w, http.StatusServiceUnavailable, errNotRunning)
-	}
-	if n := open.Add(1); n > int64(h.MaxStreams) {
-		open.Add(-1)
-		return writeError(w, http.StatusServiceUnavailable, fmt.Errorf("too many open polls and streams in this process (limit %d)", h.MaxStreams))
-	}
-	defer open.Add(-1)
-	var f filter
+func (h *Poll) filter(r *http.Request) filter {
+	f := filter{configured: h.Sources}
 	var noSources, noEvents bool
 	f.sources, noSources = values(r, h.Sources, "source")
 	f.events, noEvents = values(r, h.Events, "event")
 	f.none = noSources || noEvents
+	return f
+}
+
+// ServeHTTP serves a stream or a long-poll.
+func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	w.Header().Add("Vary", "Accept")
+	if !allow(w, r, http.MethodGet, http.MethodHead) {
+		return nil
+	}
+	bus := h.app.Bus()
+	if bus == nil {
+		writeError(w, httpErr(http.StatusServiceUnavailable, errNotRunning))
+		return nil
+	}
 	q := r.URL.Query()
-	since := bus.Tail()
+	since, err := h.since(r, bus)
+	if err != nil {
+		writeError(w, err)
+		return nil
+	}
+	stream := strings.Contains(r.Header.Get("Accept"), "text/event-stream")
+	timeout, limit := time.Duration(h.Timeout), h.Limit
+	if !stream {
+		if v := q.Get("timeout"); v != "" {
+			d, err := parseTimeout(v)
+			if err != nil || d < 0 || d > time.Duration(h.MaxTimeout) {
+				writeError(w, httpErr(http.StatusBadRequest, fmt.Errorf("timeout=%q: give a duration (30s) or seconds (30), from 0 to %v", v, time.Duration(h.MaxTimeout))))
+				return nil
+			}
+			timeout = d
+		}
+		if v := q.Get("limit"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				writeError(w, httpErr(http.StatusBadRequest, fmt.Errorf("limit=%q: give a number of events from 1 (answers carry at most %d)", v, h.Limit)))
+				return nil
+			}
+			limit = min(n, h.Limit)
+		}
+	}
+	if r.Method == http.MethodHead {
+		h.headers(w, stream)
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	if !acquire(&h.open, int64(h.MaxStreams)) {
+		writeError(w, httpErr(http.StatusServiceUnavailable, fmt.Errorf("too many open polls and streams (limit %d for this route, %d for the process)", h.MaxStreams, ProcessMaxStreams())))
+		return nil
+	}
+	defer release(&h.open)
+	if stream {
+		h.stream(w, r, bus, h.filter(r), since)
+		return nil
+	}
+	h.longPoll(w, r, bus, h.filter(r), since, timeout, limit)
+	return nil
+}
+
+// since is where the answer starts: after Last-Event-ID, at the since
+// parameter, else at the ring's tail (now).
+func (h *Poll) since(r *http.Request, bus *events.Bus) (uint64, *Error) {
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
 		id, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || id == math.MaxUint64 {
-			return writeError(w, http.StatusBadRequest, fmt.Errorf("Last-Event-ID %q is not an event id", v))
+			return 0, httpErr(http.StatusBadRequest, fmt.Errorf("Last-Event-ID %q is not an event id", v))
 		}
-		since = id + 1
-	} else if v := q.Get("since"); v != "" {
+		return id + 1, nil
+	}
+	if v := r.URL.Query().Get("since"); v != "" {
 		s, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			return writeError(w, http.StatusBadRequest, fmt.Errorf("since=%q is not a sequence number", v))
+			return 0, httpErr(http.StatusBadRequest, fmt.Errorf("since=%q is not a sequence number", v))
 		}
-		since = s
+		return s, nil
 	}
-	if strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
-		return h.stream(w, r, bus, f, since)
+	return bus.Tail(), nil
+}
+
+func (h *Poll) headers(w http.ResponseWriter, stream bool) {
+	hd := w.Header()
+	hd.Set("Cache-Control", "no-store")
+	if stream {
+		hd.Set("Content-Type", "text/event-stream")
+		hd.Set("X-Accel-Buffering", "no")
+	} else {
+		hd.Set("Content-Type", "application/json")
 	}
-	timeout := time.Duration(h.Timeout)
-	if v := q.Get("timeout"); v != "" {
-		d, err := parseTimeout(v)
-		if err != nil || d < 0 || d > time.Duration(h.MaxTimeout) || math.IsNaN(float64(d)) {
-			return writeError(w, http.StatusBadRequest, fmt.Errorf("timeout=%q: give a duration (30s) or seconds (30), at most %v", v, time.Duration(h.MaxTimeout)))
-		}
-		timeout = d
-	}
-	limit := h.Limit
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxPollLimit {
-			return writeError(w, http.StatusBadRequest, fmt.Errorf("limit=%q: must be a number from 1 to %d", v, maxPollLimit))
-		}
-		limit = n
-	}
-	return h.longPoll(w, r, bus, f, since, timeout, limit)
 }
 
 func parseTimeout(v string) (time.Duration, error) {
 	if n, err := strconv.ParseFloat(v, 64); err == nil {
-		if math.IsNaN(n) || math.IsInf(n, 0) {
+		if math.IsNaN(n) || math.IsInf(n, 0) || n*float64(time.Second) > math.MaxInt64 {
 			return 0, fmt.Errorf("not a number of seconds")
 		}
 		return time.Duration(n * float64(time.Second)), nil
@@ -213,30 +320,106 @@ func parseTimeout(v string) (time.Duration, error) {
 	return caddy.ParseDuration(v)
 }
 
-func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, bus *events.Bus, f filter, since uint64, timeout time.Duration, limit int) error {
+// reader reads a bus one event at a time, so that at most one payload (a
+// blob's included) is held by a request at once.
+type reader struct {
+	bus  *events.Bus
+	keep func(source, name string) bool
+}
+
+func (p reader) read(since uint64) (*events.Event, uint64, uint64) {
+	evs, next, lost := p.bus.RangeFunc(since, 1, p.keep)
+	if len(evs) == 0 {
+		return nil, next, lost
+	}
+	return &evs[0], next, lost
+}
+
+// writePage writes a page, {"events":[…],"next":N,"lost":L}, one event at
+// a time: first (if any), then what p reads from next on, until limit
+// events, about maxBytes of payload (an event that would pass it waits
+// for the next page, unless it is the first), or the end of the ring.
+func writePage(w io.Writer, p reader, first *events.Event, next, lost uint64, limit int, maxBytes int64) error {
+	bw := bufio.NewWriterSize(w, 16<<10)
+	bw.WriteString(`{"events":[`)
+	n, size := 0, int64(0)
+	for ev := first; ev != nil; {
+		if n > 0 && size+int64(len(ev.Data)) > maxBytes {
+			next = ev.Seq // read again by the next page
+			break
+		}
+		if n > 0 {
+			bw.WriteByte(',')
+		}
+		if err := writeEventJSON(bw, ev); err != nil {
+			return err
+		}
+		n++
+		size += int64(len(ev.Data))
+		if n >= limit || size >= maxBytes {
+			break
+		}
+		var l uint64
+		ev, next, l = p.read(next)
+		lost += l
+	}
+	b := strconv.AppendUint([]byte(`],"next":`), next, 10)
+	b = append(b, `,"lost":`...)
+	b = strconv.AppendUint(b, lost, 10)
+	b = append(b, "}\n"...)
+	bw.Write(b)
+	return bw.Flush()
+}
+
+// WritePage answers with a page of the events after since, as GET
+// /ipcbus/events does: at most limit events and about maxBytes of payload
+// (at least one event), read and written one at a time.
+func WritePage(w http.ResponseWriter, bus *events.Bus, since uint64, limit int, maxBytes int64) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	p := reader{bus: bus}
+	ev, next, lost := p.read(since)
+	return writePage(w, p, ev, next, lost, limit, maxBytes)
+}
+
+func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, bus *events.Bus, f filter, since uint64, timeout time.Duration, limit int) {
+	h.headers(w, false)
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	page := EventsPage{Events: []EventJSON{}, Next: since}
+	p := reader{bus: bus, keep: f.match}
+	var ev *events.Event
+	var lost uint64
+	answer := func() {
+		dw, done := newDeadlineWriter(w, time.Duration(h.WriteTimeout), nil)
+		defer done()
+		w.WriteHeader(http.StatusOK)
+		if writePage(dw, p, ev, since, lost, limit, h.MaxBytes) == nil {
+			_ = dw.Flush()
+		}
+		if dw.dropped() {
+			h.logger.Debug("dropped a long-poll client that did not read", zap.String("remote", r.RemoteAddr), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
+		}
+	}
 	for {
-		select { // checked on every round, not only when waiting
-		case <-timer.C:
-			return writeJSON(w, http.StatusOK, page)
-		case <-r.Context().Done():
-			return nil
-		case <-h.stopping.Done():
-			return writeJSON(w, http.StatusOK, page)
-		default:
-		}
 		changed := bus.Changed()
-		want := limit - len(page.Events)
-		evs, next, lost := bus.RangeFunc(page.Next, want, f.match)
-		progressed := next != page.Next
-		page.Next, page.Lost = next, page.Lost+lost
-		for i := range evs {
-			page.Events = append(page.Events, NewEventJSON(&evs[i]))
+		var next uint64
+		ev, next, lost = p.read(since)
+		progressed := next != since
+		since = next
+		if ev != nil || lost > 0 || bus.Closed() {
+			answer()
+			return
 		}
-		if len(page.Events) > 0 || page.Lost > 0 {
-			return writeJSON(w, http.StatusOK, page)
+		select { // after the read, so that timeout=0 answers what is there
+		case <-timer.C:
+			answer()
+			return
+		case <-r.Context().Done():
+			return // the client went away: no answer, no error
+		case <-h.stopping.Done():
+			answer()
+			return
+		default:
 		}
 		if progressed {
 			continue // filtered records were skipped: there may be more to read
@@ -244,108 +427,91 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, bus *events.Bus,
 		select {
 		case <-changed:
 		case <-timer.C:
-			return writeJSON(w, http.StatusOK, page)
+			answer()
+			return
 		case <-r.Context().Done():
-			return nil
+			return
 		case <-h.stopping.Done():
-			return writeJSON(w, http.StatusOK, page)
-		}
-		if bus.Closed() {
-			return writeJSON(w, http.StatusOK, page)
+			answer()
+			return
 		}
 	}
 }
 
-func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f filter, since uint64) error {
-	rc := http.NewResponseController(w)
-	hd := w.Header()
-	hd.Set("Content-Type", "text/event-stream")
-	hd.Set("Cache-Control", "no-cache")
-	hd.Set("X-Accel-Buffering", "no")
-	// A stream outlives any server write timeout; but a write to a client
-	// that stopped reading must not hold up a stop or a reload.
-	_ = rc.SetWriteDeadline(time.Time{})
-	stop := context.AfterFunc(h.stopping, func() { _ = rc.SetWriteDeadline(time.Now()) })
-	defer stop()
+func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f filter, since uint64) {
+	h.headers(w, true)
+	dw, done := newDeadlineWriter(w, time.Duration(h.WriteTimeout), h.stopping)
+	defer done()
+	defer func() {
+		if dw.dropped() {
+			h.logger.Debug("dropped a stream client that did not read", zap.String("remote", r.RemoteAddr), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
+		}
+	}()
 	w.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
-		return nil // the headers are out: nothing else can be said
+	if dw.Flush() != nil {
+		return // the headers are out: nothing else can be said
 	}
+	bw := bufio.NewWriterSize(dw, 4<<10) // held as long as the stream: small; large payloads go past it
 	keep := time.NewTicker(time.Duration(h.KeepAlive))
 	defer keep.Stop()
-	var buf bytes.Buffer
+	p := reader{bus: bus, keep: f.match}
 	for {
 		select { // checked on every round, not only when waiting
 		case <-r.Context().Done():
-			return nil
+			return
 		case <-h.stopping.Done():
-			return nil
+			return
 		default:
 		}
 		changed := bus.Changed()
-		evs, next, lost := bus.RangeFunc(since, 256, f.match)
-		buf.Reset()
-		if lost > 0 {
-			l, _ := json.Marshal(events.Loss{From: since, Count: lost, Reason: "overrun"})
-			fmt.Fprintf(&buf, "event: lost\ndata: %s\n\n", l)
-		}
-		for i := range evs {
-			writeSSE(&buf, &evs[i])
-		}
-		progressed := next != since
-		since = next
-		if buf.Len() > 0 {
-			if _, err := w.Write(buf.Bytes()); err != nil {
-				return nil
+		start := since
+		n, size := 0, int64(0)
+		for n < sseBatch && size < h.MaxBytes {
+			ev, next, lost := p.read(since)
+			if lost > 0 {
+				writeLost(bw, since, lost)
 			}
-			if err := rc.Flush(); err != nil {
-				return nil
+			since = next
+			if ev == nil {
+				break
+			}
+			writeSSE(bw, ev, h.Envelope)
+			n++
+			size += int64(len(ev.Data))
+		}
+		if bw.Buffered() > 0 || n > 0 {
+			if bw.Flush() != nil || dw.Flush() != nil {
+				return
 			}
 		}
-		if progressed {
-			continue
+		if since != start {
+			continue // more may be there: read on before waiting
 		}
 		select {
 		case <-changed:
 		case <-keep.C:
-			if _, err := w.Write([]byte(": keep-alive\n\n")); err != nil {
-				return nil
-			}
-			if rc.Flush() != nil {
-				return nil
+			bw.WriteString(": keep-alive\n\n")
+			if bw.Flush() != nil || dw.Flush() != nil {
+				return
 			}
 		case <-r.Context().Done():
-			return nil
+			return
 		case <-h.stopping.Done():
-			return nil
+			return
 		}
 		if bus.Closed() {
-			return nil
+			return
 		}
 	}
 }
 
-// writeSSE writes one event: its id, its name, and its payload as data
-// lines, split only where it holds line breaks.
-func writeSSE(buf *bytes.Buffer, e *events.Event) {
-	fmt.Fprintf(buf, "id: %d\nevent: %s\n", e.Seq, strings.NewReplacer("\r", " ", "\n", " ").Replace(e.Name))
-	data := e.Data
-	for {
-		i := bytes.IndexAny(data, "\r\n")
-		if i < 0 {
-			break
-		}
-		buf.WriteString("data: ")
-		buf.Write(data[:i])
-		buf.WriteByte('\n')
-		if data[i] == '\r' && i+1 < len(data) && data[i+1] == '\n' {
-			i++
-		}
-		data = data[i+1:]
-	}
-	buf.WriteString("data: ")
-	buf.Write(data)
-	buf.WriteString("\n\n")
+// writeLost writes the notice of events the ring no longer holds.
+func writeLost(w *bufio.Writer, from, count uint64) {
+	b := append([]byte("event: "+NoticeLost+"\ndata: {\"from\":"), strconv.FormatUint(from, 10)...)
+	b = append(b, `,"count":`...)
+	b = strconv.AppendUint(b, count, 10)
+	b = append(b, `,"reason":"overrun"}`+"\n\n"...)
+	w.Write(b)
 }
 
 // Interface guards

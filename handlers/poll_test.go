@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"bufio"
 	"bytes"
 	"testing"
 
@@ -16,7 +17,9 @@ func TestWriteSSE(t *testing.T) {
 		{"crlf\r\nand\rcr\n", "id: 7\nevent: e\ndata: crlf\ndata: and\ndata: cr\ndata: \n\n"},
 	} {
 		var b bytes.Buffer
-		writeSSE(&b, &events.Event{Seq: 7, Name: "e", Data: []byte(c.data)})
+		bw := bufio.NewWriter(&b)
+		writeSSE(bw, &events.Event{Seq: 7, Name: "e", Data: []byte(c.data)}, false)
+		bw.Flush()
 		if b.String() != c.want {
 			t.Errorf("%q: %q, want %q", c.data, b.String(), c.want)
 		}

@@ -43,7 +43,7 @@ func TestAlertsAcrossProcesses(t *testing.T) {
 		want       string
 	}{
 		{"/ipcbus/send?pid=999999999&name=x", "", http.StatusNotFound, "No worker process with PID 999999999"},
-		{"/ipcbus/send?pid=abc&name=x", "", http.StatusBadRequest, `pid=\"abc\": give the pid of a Caddy process of the node`},
+		{"/ipcbus/send?pid=abc&name=x", "", http.StatusBadRequest, `pid \"abc\" is not a process id: give the pid of a Caddy process of the node`},
 		{fmt.Sprintf("/ipcbus/send?pid=%d&name=%s", b.pid(), strings.Repeat("n", 255)), "", http.StatusBadRequest, "alert name length cannot exceed 254, was 255"},
 		{"/ipcbus/broadcast", "", http.StatusBadRequest, "alert name cannot be empty"},
 	} {

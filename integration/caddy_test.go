@@ -61,6 +61,7 @@ type node struct {
 	sitePort int
 	extra    string // more global options
 	settings string // more ipcbus settings
+	routes   string // more routes of the site
 	size     string // zone size, default 8MiB
 }
 
@@ -130,6 +131,7 @@ http://127.0.0.1:%d, http://127.0.0.1:%d {
 	handle /publish {
 		ipcbus_broadcast
 	}
+	%s
 	handle /send {
 		ipcbus_send
 	}
@@ -140,7 +142,7 @@ http://127.0.0.1:%d, http://127.0.0.1:%d {
 	}
 	respond "site"
 }
-`, admin, n.zone, n.dir, size, n.settings, n.extra, n.sitePort, ownPort)
+`, admin, n.zone, n.dir, size, n.settings, n.extra, n.sitePort, ownPort, n.routes)
 }
 
 // start runs a Caddy process with its own admin address and waits until

@@ -108,8 +108,21 @@ func TestEventsAcrossProcesses(t *testing.T) {
 			t.Errorf("POST %.40s: %d %s, want %d %q", c.body, code, body, c.code, c.want)
 		}
 	}
+	// Like Caddy's /load: the body must say it is JSON.
+	resp, err := http.Post("http://"+a.admin+"/ipcbus/events", "text/plain", strings.NewReader(`{"source":"app","event":"x"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(ct), "application/json") {
+		t.Fatalf("POST /ipcbus/events as text/plain: %d %s", resp.StatusCode, ct)
+	}
+	if code, body := b.post("/ipcbus/events", `{"source":"app","event":"x","data":"`+strings.Repeat("x", ipcbus.AdminMaxBody)+`"}`); code != http.StatusRequestEntityTooLarge || !strings.Contains(body, "request body over the limit of 1048576 bytes") {
+		t.Fatalf("a body over the admin limit: %d %.200s", code, body)
+	}
 	var e struct{ Error string }
-	resp, _ := http.Get("http://" + a.admin + "/ipcbus/events?since=x")
+	resp, _ = http.Get("http://" + a.admin + "/ipcbus/events?since=x")
 	json.NewDecoder(resp.Body).Decode(&e)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(e.Error, `since="x" is not a sequence number`) {

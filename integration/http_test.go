@@ -161,7 +161,7 @@ func TestSSELost(t *testing.T) {
 	}
 	ev := next(t, ch)
 	var l struct{ From, Count uint64 }
-	if ev.event != "lost" || json.Unmarshal([]byte(ev.data), &l) != nil || l.From != first || l.Count == 0 {
+	if ev.event != handlers.NoticeLost || json.Unmarshal([]byte(ev.data), &l) != nil || l.From != first || l.Count == 0 {
 		t.Fatalf("first event %+v, want a lost event from %d", ev, first)
 	}
 	if ev := next(t, ch); ev.event != "e" {
@@ -356,10 +356,15 @@ func TestHTTPErrors(t *testing.T) {
 		{"POST", "/events", "", "", 405, "method POST not allowed: use GET"},
 		{"GET", "/events?since=abc", "", "", 400, `since=\"abc\" is not a sequence number`},
 		{"GET", "/events?timeout=forever", "", "", 400, `timeout=\"forever\"`},
-		{"GET", "/events?limit=0", "", "", 400, `limit=\"0\": must be a number from 1 to 10000`},
-		{"GET", "/limited", "", "", 503, "too many open polls and streams in this process (limit 2)"},
+		{"GET", "/events?limit=0", "", "", 400, `limit=\"0\": give a number of events from 1`},
+		{"GET", "/limited", "", "", 503, "too many open polls and streams (limit 2 for this route"},
+		{"POST", "/publish?source=ipcbus.workers&event=worker_crashed", "", "x", 400, `source \"ipcbus.workers\" is reserved`},
+		{"POST", "/publish?source=caddy&event=cert_obtained", "", "x", 400, `source \"caddy\" is reserved`},
+		{"POST", "/publish?source=s&event=ipcbus.lost", "", "x", 400, `names starting with \"ipcbus.\" are reserved`},
+		{"HEAD", "/events", "", "", 200, ""},
+		{"POST", fmt.Sprintf("/send?pid=%d&name=x", a.pid()), "", strings.Repeat("x", 2000), 413, "request body over the limit of 1024 bytes"},
 		{"POST", "/send?pid=999999999&name=x", "", "", 404, "No worker process with PID 999999999"},
-		{"POST", "/send?pid=abc&name=x", "", "", 400, `pid \"abc\"`},
+		{"POST", "/send?pid=abc&name=x", "", "", 400, `pid \"abc\" is not a process id`},
 		{"POST", fmt.Sprintf("/send?pid=%d&name=%s", a.pid(), strings.Repeat("n", 255)), "", "", 400, "alert name length cannot exceed 254, was 255"},
 		{"POST", "/alert", "", "", 400, "alert name cannot be empty"},
 		{"POST", fmt.Sprintf("/send?pid=%d&name=hi", a.pid()), "", "data", 200, `"ok":true`},
@@ -375,7 +380,7 @@ func TestHTTPErrors(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != c.code || !strings.Contains(string(b), c.want) || (c.code != 200 && !strings.HasPrefix(string(b), `{"error":`)) {
+		if resp.StatusCode != c.code || !strings.Contains(string(b), c.want) || (c.code != 200 && !strings.HasPrefix(string(b), `{"error":`)) || (c.method == "HEAD" && len(b) != 0) {
 			t.Errorf("%s %.60s: %d %s, want %d %q", c.method, c.path, resp.StatusCode, b, c.code, c.want)
 		}
 	}

@@ -1,0 +1,219 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultProcessMaxStreams is the base of the process-wide cap on open
+// long-polls and streams of all ipcbus_poll handlers together, on top of
+// each handler's own max_streams. The cap is this base (see
+// SetProcessMaxStreams), or the largest max_streams of a live handler when
+// that is larger, so that one route configured for more is not held to
+// it. (It is a package-level setting because the ipcbus app has none for
+// it yet.)
+const DefaultProcessMaxStreams = 10000
+
+// processCap holds the process-wide cap: its base and the max_streams of
+// the live handlers.
+var processCap = struct {
+	mu       sync.Mutex
+	base     int64
+	handlers map[int64]int // max_streams → live handlers with it
+	cur      atomic.Int64
+}{base: DefaultProcessMaxStreams, handlers: map[int64]int{}}
+
+func init() { processCap.cur.Store(DefaultProcessMaxStreams) }
+
+func updateCapLocked() {
+	c := processCap.base
+	for n := range processCap.handlers {
+		c = max(c, n)
+	}
+	processCap.cur.Store(c)
+}
+
+// SetProcessMaxStreams sets the base of the process-wide cap on open
+// long-polls and streams (all ipcbus_poll handlers together); n <= 0
+// restores the default. A request beyond the cap gets 503.
+func SetProcessMaxStreams(n int64) {
+	if n <= 0 {
+		n = DefaultProcessMaxStreams
+	}
+	processCap.mu.Lock()
+	defer processCap.mu.Unlock()
+	processCap.base = n
+	updateCapLocked()
+}
+
+// ProcessMaxStreams is the process-wide cap on open long-polls and streams.
+func ProcessMaxStreams() int64 { return processCap.cur.Load() }
+
+// countHandler counts a live handler's max_streams into the cap until the
+// returned release is called.
+func countHandler(maxStreams int64) (release func()) {
+	processCap.mu.Lock()
+	defer processCap.mu.Unlock()
+	processCap.handlers[maxStreams]++
+	updateCapLocked()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			processCap.mu.Lock()
+			defer processCap.mu.Unlock()
+			if processCap.handlers[maxStreams]--; processCap.handlers[maxStreams] <= 0 {
+				delete(processCap.handlers, maxStreams)
+			}
+			updateCapLocked()
+		})
+	}
+}
+
+// stats are this process's counters of the HTTP handlers.
+var stats struct {
+	open, refused, slowDropped, bodiesTooLarge atomic.Int64
+}
+
+// Stats are this process's counters of the HTTP handlers (all configs).
+type Stats struct {
+	// OpenStreams is the number of long-polls and streams open now.
+	OpenStreams int64 `json:"open_streams"`
+	// StreamsRefused counts polls and streams answered 503 because a
+	// max_streams or the process-wide cap was reached.
+	StreamsRefused int64 `json:"streams_refused"`
+	// SlowClientsDropped counts streams and long-polls ended because the
+	// client did not take a write within write_timeout.
+	SlowClientsDropped int64 `json:"slow_clients_dropped"`
+	// BodiesTooLarge counts request bodies refused with 413 by max_size
+	// (handlers) or the admin API's limit.
+	BodiesTooLarge int64 `json:"bodies_too_large"`
+}
+
+// ReadStats returns this process's counters of the HTTP handlers.
+func ReadStats() Stats {
+	return Stats{
+		OpenStreams:        stats.open.Load(),
+		StreamsRefused:     stats.refused.Load(),
+		SlowClientsDropped: stats.slowDropped.Load(),
+		BodiesTooLarge:     stats.bodiesTooLarge.Load(),
+	}
+}
+
+// acquire takes a slot under a handler's own limit and the process-wide
+// cap; release gives it back.
+func acquire(mine *atomic.Int64, limit int64) bool {
+	if mine.Add(1) > limit {
+		mine.Add(-1)
+		stats.refused.Add(1)
+		return false
+	}
+	if stats.open.Add(1) > processCap.cur.Load() {
+		stats.open.Add(-1)
+		mine.Add(-1)
+		stats.refused.Add(1)
+		return false
+	}
+	return true
+}
+
+func release(mine *atomic.Int64) {
+	mine.Add(-1)
+	stats.open.Add(-1)
+}
+
+// writeChunk bounds each write under one deadline, so that a slow client
+// that keeps reading is not dropped for a large event.
+const writeChunk = 64 << 10
+
+// deadlineWriter writes a response with a fresh write deadline before each
+// write and flush: a client that takes nothing for write_timeout makes the
+// write fail (and the handler drop it) rather than hold its goroutine. It
+// also overrides the server's own write timeout, which counts from the
+// start of the request and would cut a stream. With a stopping context, a
+// blocked write is aborted as soon as it is done, and so is every later one.
+type deadlineWriter struct {
+	w        http.ResponseWriter
+	rc       *http.ResponseController
+	timeout  time.Duration
+	stopping context.Context // nil: no abort
+	err      error
+}
+
+// newDeadlineWriter returns the writer and the function to call when the
+// handler is done with it.
+func newDeadlineWriter(w http.ResponseWriter, timeout time.Duration, stopping context.Context) (*deadlineWriter, func()) {
+	d := &deadlineWriter{w: w, rc: http.NewResponseController(w), timeout: timeout, stopping: stopping}
+	stop := func() bool { return false }
+	if stopping != nil {
+		stop = context.AfterFunc(stopping, func() { _ = d.rc.SetWriteDeadline(time.Now()) })
+	}
+	return d, func() {
+		stop()
+		// What the server writes after the handler (the end of a chunked
+		// body) is bounded too; the server clears the deadline after the
+		// request, before the connection serves another.
+		if d.err == nil {
+			d.arm()
+		}
+	}
+}
+
+func (d *deadlineWriter) arm() {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(d.timeout))
+	if d.stopping != nil && d.stopping.Err() != nil { // the abort may have come before the line above
+		_ = d.rc.SetWriteDeadline(time.Now())
+	}
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	if d.err != nil {
+		return 0, d.err
+	}
+	written := 0
+	for len(p) > 0 {
+		c := p[:min(len(p), writeChunk)]
+		d.arm()
+		n, err := d.w.Write(c)
+		written += n
+		if err != nil {
+			d.err = err
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// Flush sends what the response has buffered.
+func (d *deadlineWriter) Flush() error {
+	if d.err != nil {
+		return d.err
+	}
+	d.arm()
+	if err := d.rc.Flush(); err != nil {
+		d.err = err
+	}
+	return d.err
+}
+
+// dropped reports (and counts) a write that failed because the client did
+// not read: a timeout that is not the stop's abort. (A client that went
+// away fails writes otherwise; the server cancels the request's context
+// on any failed write, so that context cannot tell.)
+func (d *deadlineWriter) dropped() bool {
+	if d.err == nil || (d.stopping != nil && d.stopping.Err() != nil) {
+		return false
+	}
+	var ne net.Error
+	if errors.Is(d.err, os.ErrDeadlineExceeded) || (errors.As(d.err, &ne) && ne.Timeout()) {
+		stats.slowDropped.Add(1)
+		return true
+	}
+	return false
+}
