@@ -12,9 +12,10 @@ import (
 // ipcbus_send, ipcbus_broadcast { alert } and the admin API's
 // /ipcbus/send and /ipcbus/broadcast: it checks what costs nothing first
 // (the app running, the pid, the name, the pid being a live worker of the
-// node), then reads the body (at most maxSize bytes; a Content-Length over
-// it is refused before anything is read), then sends the body as the
-// alert's data to pid, or to every process with broadcast. On success it
+// node), then sends the body as the alert's data to pid, or to every
+// process with broadcast, streaming it (at most maxSize bytes; a
+// Content-Length over it is refused before anything is read; a large body
+// goes to a blob file as it arrives, never held whole). On success it
 // writes nothing: the caller answers {"ok": true} its own way.
 func SendAlert(w http.ResponseWriter, r *http.Request, app Bus, broadcast bool, pid, name string, maxSize int64) *Error {
 	early := func(status int, err error) *Error { // answered before the body is read
@@ -39,17 +40,20 @@ func SendAlert(w http.ResponseWriter, r *http.Request, app Bus, broadcast bool, 
 	if !broadcast && !app.LiveWorker(to) {
 		return early(http.StatusNotFound, ipc.NoWorkerError{PID: to})
 	}
-	body, herr := ReadBody(w, r, maxSize)
+	body, size, herr := BodyReader(w, r, maxSize)
 	if herr != nil {
 		return herr
 	}
 	var err error
 	if broadcast {
-		err = c.Broadcast(name, body)
+		err = c.BroadcastReader(name, body, size)
 	} else {
-		err = c.Send(to, name, body)
+		err = c.SendReader(to, name, body, size)
 	}
 	if err != nil {
+		if herr := streamError(w, r, maxSize, err); herr != nil {
+			return herr
+		}
 		return httpErr(AlertStatus(err), err)
 	}
 	return nil

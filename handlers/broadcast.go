@@ -1,7 +1,6 @@
 package handlers
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"mime"
@@ -158,23 +157,22 @@ func (h *Broadcast) post(w http.ResponseWriter, r *http.Request) (uint64, *Error
 	if err := checkPublish(source, event, true); err != nil {
 		return 0, fail(err)
 	}
-	body, herr := ReadBody(w, r, h.limit)
+	body, size, herr := BodyReader(w, r, h.limit)
 	if herr != nil {
 		return 0, herr
 	}
-	var data any = body
-	if isJSON(r) {
-		if !json.Valid(body) {
-			return 0, httpErr(http.StatusBadRequest, errors.New("the body is sent as application/json but is not valid JSON"))
-		}
-		data = json.RawMessage(body)
-	}
 	var opts []events.PostOption
+	if isJSON(r) {
+		opts = append(opts, events.AsJSON()) // checked as it streams
+	}
 	if unique != "" {
 		opts = append(opts, events.Unique(unique))
 	}
-	seq, err := bus.Post(source, event, data, opts...)
+	seq, err := bus.PostReader(source, event, body, size, opts...)
 	if err != nil {
+		if herr := streamError(w, r, h.limit, err); herr != nil {
+			return 0, herr
+		}
 		return 0, PostError(w, h.app, err)
 	}
 	return seq, nil

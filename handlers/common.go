@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -163,6 +164,41 @@ func ReadBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 		return nil, httpErr(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err))
 	}
 	return b, nil
+}
+
+// BodyReader gives the request body for a streamed post or send: bounded
+// by limit (a Content-Length over it is answered 413 at once, before
+// anything is read; a body without a length is cut off as soon as it
+// passes the limit, which streamError turns into a 413), with its declared
+// size, or -1 when it has none. The payload then goes to a blob file as it
+// arrives when it is larger than the ring carries: never held whole.
+func BodyReader(w http.ResponseWriter, r *http.Request, limit int64) (io.Reader, int64, *Error) {
+	if r.ContentLength > limit {
+		stats.bodiesTooLarge.Add(1)
+		return nil, 0, tooLarge(w, r, limit)
+	}
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return bytes.NewReader(nil), 0, nil
+	}
+	return http.MaxBytesReader(w, r.Body, limit), r.ContentLength, nil
+}
+
+// streamError is the answer to a failed streamed post or send whose body
+// came from BodyReader, when the body is what failed: 413 past the limit,
+// 507 over the blob quota, 400 a body shorter or longer than declared, or
+// that broke off. It returns nil for any other error.
+func streamError(w http.ResponseWriter, r *http.Request, limit int64, err error) *Error {
+	var mb *http.MaxBytesError
+	switch {
+	case errors.As(err, &mb):
+		stats.bodiesTooLarge.Add(1)
+		return tooLarge(w, r, limit)
+	case errors.Is(err, zone.ErrBlobQuota):
+		return httpErr(http.StatusInsufficientStorage, err)
+	case errors.Is(err, zone.ErrRead):
+		return httpErr(http.StatusBadRequest, err)
+	}
+	return nil
 }
 
 // readSized reads a body of a declared size (the server's body reader ends

@@ -75,9 +75,7 @@ func TestBlobQuota(t *testing.T) {
 	}
 	for _, r := range refusals {
 		status, answer := r.p.postSite(t, r.path, "text/plain", body)
-		// 507 once the handlers map zone.ErrBlobQuota (their part of issue
-		// 9); until then the generic 500.
-		if status != http.StatusInsufficientStorage && status != http.StatusInternalServerError {
+		if status != http.StatusInsufficientStorage {
 			t.Fatalf("%s over the quota: %d %s", r.path, status, answer)
 		}
 		if !strings.Contains(answer, "blob quota exceeded") || strings.Contains(answer, n.dir) || strings.Contains(answer, "/") {
