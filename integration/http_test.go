@@ -150,8 +150,9 @@ func TestSSELost(t *testing.T) {
 	n.size = "1MiB" // 2,048 records
 	a := n.start()
 	first := a.publish(t, "source=s&event=e", "0")
+	var last uint64
 	for i := 1; i < 2100; i++ {
-		a.publish(t, "source=s&event=e", strconv.Itoa(i))
+		last = a.publish(t, "source=s&event=e", strconv.Itoa(i))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -159,13 +160,17 @@ func TestSSELost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The ring holds the last 2,048 records: everything from first up to
+	// the tail less 2,048 is gone, exactly that many, and the stream goes
+	// on with the oldest record it still holds.
 	ev := next(t, ch)
 	var l struct{ From, Count uint64 }
-	if ev.event != handlers.NoticeLost || json.Unmarshal([]byte(ev.data), &l) != nil || l.From != first || l.Count == 0 {
-		t.Fatalf("first event %+v, want a lost event from %d", ev, first)
+	want := last + 1 - 2048 - first
+	if ev.event != handlers.NoticeLost || json.Unmarshal([]byte(ev.data), &l) != nil || l.From != first || l.Count != want {
+		t.Fatalf("first event %+v, want a lost event of %d from %d", ev, want, first)
 	}
-	if ev := next(t, ch); ev.event != "e" {
-		t.Fatalf("after the lost event: %+v", ev)
+	if ev := next(t, ch); ev.event != "e" || ev.id != strconv.FormatUint(first+want, 10) || ev.data != strconv.FormatUint(first+want-first, 10) {
+		t.Fatalf("after the lost event: %+v, want event %d", ev, first+want)
 	}
 }
 
@@ -200,17 +205,30 @@ func TestLongPoll(t *testing.T) {
 	if len(page.Events) != 0 || took < 300*time.Millisecond {
 		t.Fatalf("empty long-poll: %+v after %v", page, took)
 	}
-	// An event published while the poll waits ends it.
-	done := make(chan handlers.EventsPage)
+	// An event published while the poll waits ends it. The poll is seen
+	// waiting (counted open by b's handlers) before the event is published,
+	// so this is the wake-up path, not the answer at once.
+	done := make(chan handlers.EventsPage, 1)
 	go func() {
 		p, _ := longPoll(t, b.url(fmt.Sprintf("/events?source=lp&since=%d&timeout=30s", page.Next)))
 		done <- p
 	}()
-	time.Sleep(100 * time.Millisecond)
-	resp, _ := http.Post(a.url("/publish?source=lp&event=e"), "application/json", strings.NewReader(`{"n":2}`))
+	b.waitFor("the long-poll to wait", func() bool { return b.stats().HTTP.OpenStreams == 1 })
+	resp, err := http.Post(a.url("/publish?source=lp&event=e"), "application/json", strings.NewReader(`{"n":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
 	resp.Body.Close()
-	if p := <-done; len(p.Events) != 1 || string(p.Events[0].Data) != `{"n":2}` {
-		t.Fatalf("woken long-poll: %+v", p)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("publish: %d", resp.StatusCode)
+	}
+	select {
+	case p := <-done:
+		if len(p.Events) != 1 || string(p.Events[0].Data) != `{"n":2}` {
+			t.Fatalf("woken long-poll: %+v", p)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiting long-poll was not woken by the event")
 	}
 }
 
@@ -269,7 +287,7 @@ func TestManySubscribers(t *testing.T) {
 func TestStreamsEndOnReloadAndStop(t *testing.T) {
 	n := newNode(t)
 	a := n.start()
-	open := func() ([]<-chan sseEvent, chan struct{}) {
+	open := func() ([]<-chan sseEvent, chan int) {
 		var chans []<-chan sseEvent
 		for i := 0; i < 5; i++ {
 			ch, err := sse(t, context.Background(), a.url("/events"), "")
@@ -278,31 +296,57 @@ func TestStreamsEndOnReloadAndStop(t *testing.T) {
 			}
 			chans = append(chans, ch)
 		}
-		polls := make(chan struct{}, 5)
+		polls := make(chan int, 5)
 		for i := 0; i < 5; i++ {
 			go func() {
 				resp, err := http.Get(a.url("/events?timeout=5m"))
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
+				if err != nil {
+					polls <- -1
+					return
 				}
-				polls <- struct{}{}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				polls <- resp.StatusCode
 			}()
 		}
-		time.Sleep(200 * time.Millisecond)
+		// Counted open by the handlers, not slept for.
+		a.waitFor("10 open streams and polls", func() bool { return a.stats().HTTP.OpenStreams == 10 })
 		return chans, polls
 	}
-	ended := func(what string, chans []<-chan sseEvent, polls chan struct{}) {
+	// The README promises that a reload or a stop never waits on streams
+	// (about 30 ms here): each stream and poll must end well within a bound
+	// far below the 3 s that a stream sleeping on "stopping" would take,
+	// and every long-poll is answered 200.
+	const bound = 2 * time.Second
+	ended := func(what string, start time.Time, chans []<-chan sseEvent, polls chan int) {
+		deadline := time.After(30 * time.Second)
 		for _, ch := range chans {
-			for range ch { // drain until the stream ends
+		drain:
+			for {
+				select {
+				case _, ok := <-ch:
+					if !ok {
+						break drain
+					}
+				case <-deadline:
+					t.Fatalf("a stream still open 30s after the %s", what)
+				}
 			}
 		}
 		for i := 0; i < 5; i++ {
 			select {
-			case <-polls:
-			case <-time.After(30 * time.Second):
+			case code := <-polls:
+				if code != http.StatusOK {
+					t.Fatalf("a long-poll ended by the %s answered %d, want 200", what, code)
+				}
+			case <-deadline:
 				t.Fatalf("a long-poll still open 30s after the %s", what)
 			}
+		}
+		took := time.Since(start)
+		t.Logf("%s with 10 open streams and polls done in %v", what, took)
+		if took > bound {
+			t.Fatalf("the %s took %v to end 10 streams and polls, over %v: it waits on them", what, took, bound)
 		}
 	}
 	chans, polls := open()
@@ -310,15 +354,14 @@ func TestStreamsEndOnReloadAndStop(t *testing.T) {
 	if out, err := cli(t, "reload", "--config", a.config, "--adapter", "caddyfile", "--address", a.admin, "--force"); err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
 	}
-	ended("reload", chans, polls)
-	t.Logf("reload with 10 open streams and polls done in %v", time.Since(start))
+	ended("reload", start, chans, polls)
 
+	a.waitFor("the streams closed by the reload to be counted closed", func() bool { return a.stats().HTTP.OpenStreams == 0 })
 	chans, polls = open()
 	start = time.Now()
 	a.signal(syscall.SIGTERM)
+	ended("stop", start, chans, polls)
 	a.waitExit()
-	ended("stop", chans, polls)
-	t.Logf("stop with 10 open streams and polls done in %v", time.Since(start))
 }
 
 // TestHTTPErrors: every error status of the handlers, as JSON.

@@ -1,0 +1,34 @@
+package handlers
+
+import (
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// TestPollDefaults pins the defaults of ipcbus_poll that the README and
+// the Caddyfile syntax document (a change must change them too), and the
+// process-wide cap on open polls and streams.
+func TestPollDefaults(t *testing.T) {
+	var h Poll
+	h.setDefaults()
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"timeout", h.Timeout, caddy.Duration(30 * time.Second)},
+		{"max_timeout", h.MaxTimeout, caddy.Duration(5 * time.Minute)},
+		{"keepalive", h.KeepAlive, caddy.Duration(15 * time.Second)},
+		{"write_timeout", h.WriteTimeout, caddy.Duration(10 * time.Second)},
+		{"max_streams", h.MaxStreams, 10000},
+		{"limit", h.Limit, 100},
+		{"max_bytes", h.MaxBytes, int64(1 << 20)},
+		{"process-wide streams", DefaultProcessMaxStreams, 10000},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: %v (%T), documented %v", tt.name, tt.got, tt.got, tt.want)
+		}
+	}
+}
