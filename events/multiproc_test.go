@@ -190,9 +190,14 @@ func TestPosterKilledInBurst(t *testing.T) {
 	a.in.WriteString("go\n")
 	b.in.WriteString("go\n")
 	killed.in.WriteString("go\n")
-	time.Sleep(30 * time.Millisecond)
-	killed.cmd.Process.Signal(syscall.SIGKILL)
-	killed.cmd.Wait()
+	// Killed once it has posted a few thousand events (counted on the tail).
+	from := z.Ring().Tail()
+	for deadline := time.Now().Add(30 * time.Second); z.Ring().Tail() < from+3000; time.Sleep(100 * time.Microsecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the poster posted nothing")
+		}
+	}
+	killWait(t, killed.cmd)
 	poster := newBus(t, z, 1)
 	if _, err := poster.Post("t", "end", nil); err != nil {
 		t.Fatal(err)
@@ -278,4 +283,18 @@ func TestUniqueAcrossProcesses(t *testing.T) {
 		t.Fatalf("unique events handled per worker %v: one took them all, so nothing was raced for", per)
 	}
 	t.Logf("unique events handled per worker (this process first): %v", per)
+}
+
+// killWait sends SIGKILL to cmd's process (it may be stopped) and checks
+// that it died of it, not of an error of its own before.
+func killWait(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("process %d: %v, want killed by SIGKILL", cmd.Process.Pid, err)
+	}
 }

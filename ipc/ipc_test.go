@@ -137,18 +137,32 @@ func TestReceiveReplaceRemoveDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	me := os.Getpid()
-	c.Send(me, "a", nil)
-	c.Send(me, "b", nil)
-	for deadline := time.Now().Add(10 * time.Second); c.Stats().Received < 2 && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
+	send := func(name string) {
+		t.Helper()
+		if err := c.Send(me, name, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
+	// Each phase ends with a marker whose handler says it ran: no polling of
+	// counters that move before the handlers do.
+	marker := make(chan struct{}, 1)
+	c.Receive("mark", func(*Alert) { marker <- struct{}{} })
+	waitMark := func() {
+		t.Helper()
+		send("mark")
+		select {
+		case <-marker:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the marker alert was not handled within 30s")
+		}
+	}
+	send("a")
+	send("b")
+	waitMark()
 	c.SetDefaultHandler(func(a *Alert) { add("default:" + a.Name) })
-	c.Send(me, "c", nil)
-	c.Send(me, "end", nil)
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Stats().Received < 4 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	send("c")
+	send("end")
+	waitMark()
 	mu.Lock()
 	defer mu.Unlock()
 	if got := strings.Join(log, " "); got != "second default:c default:end" {

@@ -148,7 +148,9 @@ func TestAcrossProcesses(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		c.Send(p2.pid, "flood-end", nil)
+		if err := c.Send(p2.pid, "flood-end", nil); err != nil {
+			t.Fatal(err)
+		}
 		if a := in.next(t); string(a.Data) != fmt.Sprintf("%d true", n) {
 			t.Fatalf("flood result %q", a.Data)
 		}
@@ -203,11 +205,12 @@ func TestAcrossProcesses(t *testing.T) {
 		}
 	})
 	t.Run("killed process", func(t *testing.T) {
-		p3.cmd.Process.Signal(syscall.SIGKILL)
-		p3.cmd.Wait()
-		watcher, _ := workermgr.Join(z, workermgr.Config{Generation: 9, ProbeInterval: time.Millisecond})
+		killWait(t, p3.cmd)
+		watcher, err := workermgr.Join(z, workermgr.Config{Generation: 9, ProbeInterval: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
 		defer watcher.Leave(workermgr.ReasonShutdown)
-		var err error
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 			if err = c.Send(p3.pid, "ping", nil); err != nil {
 				break
@@ -270,9 +273,22 @@ func TestSlowReceiver(t *testing.T) {
 			cursor = s.AlertCursor.Load()
 		}
 	}
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.cmd.Wait()
+	killWait(t, p.cmd)
 	if n := Discarded(z, p.pid, cursor); n != uint64(sent) {
 		t.Fatalf("discarded %d, want %d", n, sent)
+	}
+}
+
+// killWait sends SIGKILL to cmd's process (it may be stopped) and checks
+// that it died of it, not of an error of its own before.
+func killWait(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("process %d: %v, want killed by SIGKILL", cmd.Process.Pid, err)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"math"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -211,8 +210,7 @@ func TestKilledSleeperReaped(t *testing.T) {
 	if n := z.ReapMembers(); n != 0 {
 		t.Fatalf("a live sleeper reaped (%d)", n)
 	}
-	h.cmd.Process.Signal(syscall.SIGKILL)
-	h.cmd.Wait()
+	h.kill(t)
 	if n := z.Doorbell(0).Sleepers(); n != 1 {
 		t.Fatalf("%d sleepers before the reap, want the dead one's", n)
 	}
@@ -274,8 +272,7 @@ func TestDeadLesseeReclaimed(t *testing.T) {
 	z := mustOpen(t, o)
 	h := startHelper(t, o, "lessee")
 	h.line(t)
-	h.cmd.Process.Signal(syscall.SIGKILL)
-	h.cmd.Wait()
+	h.kill(t)
 	for z.Ring().DataTail() < 3*z.Ring().DataSize() {
 		if _, err := z.Ring().Write(Meta{}, make([]byte, 1000)); err != nil {
 			t.Fatal(err)
