@@ -3,6 +3,7 @@ package ipcbus
 import (
 	"math"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -47,6 +48,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		spin       <duration>   # default 50µs
 //		send_timeout <duration> # default 5s
 //		alert_overflow block|drop  # default block
+//		max_streams <n>         # polls and streams of all ipcbus_poll handlers together; default 10000
 //	}
 //
 // Every setting is optional, and so is the block.
@@ -58,9 +60,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		opt := d.Val()
 		switch opt {
-		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "blob_quota", "wait_max", "spin", "send_timeout", "alert_overflow":
+		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "blob_quota", "wait_max", "spin", "send_timeout", "alert_overflow", "max_streams":
 		default:
-			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, blob_quota, wait_max, spin, send_timeout and alert_overflow", opt)
+			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, blob_quota, wait_max, spin, send_timeout, alert_overflow and max_streams", opt)
 		}
 		var val string
 		if !d.AllArgs(&val) {
@@ -112,6 +114,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("ipcbus blob_quota: %s: must be at least 1 byte (and at least max_payload)", val)
 			}
 			a.BlobQuota = int64(n)
+		case "max_streams":
+			n, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || n < 1 {
+				return d.Errf("ipcbus max_streams: %q must be a number from 1 up", val)
+			}
+			a.MaxStreams = n
 		case "alert_overflow":
 			if val != "block" && val != "drop" {
 				return d.Errf("ipcbus alert_overflow: %q: use block or drop", val)

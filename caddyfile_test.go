@@ -93,6 +93,12 @@ func TestGlobalOption(t *testing.T) {
 			blob_quota 1GiB
 		}`, `{"blob_quota":1073741824}`},
 		{`ipcbus {
+			max_streams 500
+		}`, `{"max_streams":500}`},
+		{`ipcbus {
+			max_streams 0
+		}`, `error: ipcbus max_streams: "0" must be a number from 1 up`},
+		{`ipcbus {
 			max_payload 1MiB
 			blob_quota 1MiB
 		}`, `{"max_payload":1048576,"blob_quota":1048576}`},

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/handlers"
 	"github.com/ipcbus/caddy-ipcbus/ipc"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
 	"github.com/ipcbus/caddy-ipcbus/zone"
@@ -83,6 +84,13 @@ type App struct {
 	// Default: 256MiB, or max_payload if that is larger; never less than
 	// max_payload. Give every process of a node the same.
 	BlobQuota int64 `json:"blob_quota,omitempty"`
+
+	// MaxStreams caps the long-polls and streams of all ipcbus_poll handlers
+	// of this process together (each handler also has its own max_streams);
+	// a request beyond it gets 503. Default: 10000, or the largest
+	// max_streams of a configured ipcbus_poll if that is larger. When set,
+	// it is the cap exactly.
+	MaxStreams int64 `json:"max_streams,omitempty"`
 
 	// WaitMax is how long a worker waits for an event whose poster reserved
 	// it but has not finished writing it (it died, or stalled) before it
@@ -196,6 +204,9 @@ func (a *App) Validate() error {
 	if a.MaxPayload < 0 || a.MaxPayload > events.MaxPayloadLimit {
 		return fmt.Errorf("invalid max_payload %d: must be between 1 and %d bytes", a.MaxPayload, int64(events.MaxPayloadLimit))
 	}
+	if a.MaxStreams < 0 {
+		return fmt.Errorf("invalid max_streams %d: give a number of streams from 1 up, or leave it out for the default", a.MaxStreams)
+	}
 	if a.BlobQuota < a.MaxPayload {
 		return fmt.Errorf("invalid blob_quota %d: it is smaller than max_payload (%d), so the largest payloads could never be posted; give at least %d bytes, or a smaller max_payload", a.BlobQuota, a.MaxPayload, a.MaxPayload)
 	}
@@ -279,6 +290,7 @@ func (a *App) Start() error {
 		return fmt.Errorf("zone %s is in use by this process with size %d; a reload cannot change the size to %d: restart the process (and every other process of the node) to resize", z.Path(), z.Size(), a.Size)
 	}
 	z.SetBlobQuota(a.BlobQuota) // a reload may change it
+	handlers.SetProcessMaxStreams(a.MaxStreams)
 	a.gen = int(generation.Add(1))
 	bus, err := events.New(events.Options{
 		Zone: z, PID: os.Getpid(), Generation: a.gen,

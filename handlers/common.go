@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
@@ -55,6 +56,12 @@ func (b *base) provision(ctx caddy.Context) error {
 		if err := e.On("stopping", stopper(b.stop)); err != nil {
 			return err
 		}
+	}
+	// The HTTP server's own shutdown hook ends them too (it runs whenever
+	// the server shuts down, whatever emits events or not), and Cleanup is
+	// the backstop.
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		srv.RegisterOnShutdown(b.stop)
 	}
 	return nil
 }

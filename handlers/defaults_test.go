@@ -32,3 +32,24 @@ func TestPollDefaults(t *testing.T) {
 		}
 	}
 }
+
+// TestProcessMaxStreams: by default the process-wide cap follows the
+// largest max_streams of a live handler; set by the app, it is exact.
+func TestProcessMaxStreams(t *testing.T) {
+	defer SetProcessMaxStreams(0)
+	release := countHandler(20000)
+	defer release()
+	SetProcessMaxStreams(0)
+	if got := ProcessMaxStreams(); got != 20000 {
+		t.Fatalf("default cap with a handler of 20000: %d", got)
+	}
+	SetProcessMaxStreams(500)
+	if got := ProcessMaxStreams(); got != 500 {
+		t.Fatalf("cap set to 500: %d", got)
+	}
+	SetProcessMaxStreams(0)
+	release()
+	if got := ProcessMaxStreams(); got != DefaultProcessMaxStreams {
+		t.Fatalf("default cap with no handler: %d", got)
+	}
+}

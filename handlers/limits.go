@@ -11,13 +11,12 @@ import (
 	"time"
 )
 
-// DefaultProcessMaxStreams is the base of the process-wide cap on open
+// DefaultProcessMaxStreams is the default of the process-wide cap on open
 // long-polls and streams of all ipcbus_poll handlers together, on top of
-// each handler's own max_streams. The cap is this base (see
-// SetProcessMaxStreams), or the largest max_streams of a live handler when
-// that is larger, so that one route configured for more is not held to
-// it. (It is a package-level setting because the ipcbus app has none for
-// it yet.)
+// each handler's own max_streams: this, or the largest max_streams of a
+// live handler when that is larger, so that one route configured for more
+// is not held to it. The ipcbus app's max_streams sets the cap exactly
+// (SetProcessMaxStreams).
 const DefaultProcessMaxStreams = 10000
 
 // processCap holds the process-wide cap: its base and the max_streams of
@@ -25,6 +24,7 @@ const DefaultProcessMaxStreams = 10000
 var processCap = struct {
 	mu       sync.Mutex
 	base     int64
+	fixed    bool          // base set by the app: the cap exactly
 	handlers map[int64]int // max_streams → live handlers with it
 	cur      atomic.Int64
 }{base: DefaultProcessMaxStreams, handlers: map[int64]int{}}
@@ -34,20 +34,25 @@ func init() { processCap.cur.Store(DefaultProcessMaxStreams) }
 func updateCapLocked() {
 	c := processCap.base
 	for n := range processCap.handlers {
-		c = max(c, n)
+		if !processCap.fixed {
+			c = max(c, n)
+		}
 	}
 	processCap.cur.Store(c)
 }
 
-// SetProcessMaxStreams sets the base of the process-wide cap on open
-// long-polls and streams (all ipcbus_poll handlers together); n <= 0
-// restores the default. A request beyond the cap gets 503.
+// SetProcessMaxStreams sets the process-wide cap on open long-polls and
+// streams (all ipcbus_poll handlers together) to n exactly; n <= 0
+// restores the default (DefaultProcessMaxStreams, or the largest
+// max_streams of a live handler). A request beyond the cap gets 503. The
+// ipcbus app sets it from its max_streams at every start.
 func SetProcessMaxStreams(n int64) {
+	processCap.mu.Lock()
+	defer processCap.mu.Unlock()
+	processCap.fixed = n > 0
 	if n <= 0 {
 		n = DefaultProcessMaxStreams
 	}
-	processCap.mu.Lock()
-	defer processCap.mu.Unlock()
 	processCap.base = n
 	updateCapLocked()
 }

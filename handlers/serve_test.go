@@ -608,9 +608,9 @@ func TestProcessCap(t *testing.T) {
 	if got := ProcessMaxStreams(); got != DefaultProcessMaxStreams {
 		t.Fatalf("after it went: %d", got)
 	}
-	SetProcessMaxStreams(3)
-	if got := ProcessMaxStreams(); got != 5 {
-		t.Fatalf("base 3, a handler of 5: %d", got)
+	SetProcessMaxStreams(3) // set by the app's max_streams: exact
+	if got := ProcessMaxStreams(); got != 3 {
+		t.Fatalf("cap 3 set, a handler of 5: %d", got)
 	}
 	small()
 	SetProcessMaxStreams(0)
