@@ -410,6 +410,7 @@ func (a *App) IPC() *ipc.IPC {
 func countDiscarded(z *zone.Zone, ev workermgr.Event, log *zap.Logger) {
 	n := ipc.Discarded(z, ev.PID, z.Worker(ev.Slot).AlertCursor.Load())
 	z.Worker(ev.Slot).AlertCursor.Store(0)
+	z.Worker(ev.Slot).SendWaiting.Store(0)
 	if n > 0 {
 		z.Node().AlertsDiscarded.Add(n)
 		log.Warn("alerts to a crashed worker discarded", zap.String("worker", ev.ID), zap.Uint64("alerts", n))

@@ -165,8 +165,10 @@ type bound struct {
 // every sender for the whole timeout), and so is the caller's own worker
 // when it sends from one of its handlers (it cannot read on meanwhile).
 func (c *IPC) scan(pid int) (found bool, slowest int, lagRec, lagBytes uint64) {
+	handler := c.inHandler()
+	var minCur uint64
 	self := int64(-1)
-	if c.inHandler() {
+	if handler {
 		self = c.slot.Load()
 	}
 	for i := 0; i < c.z.Workers(); i++ {
@@ -180,14 +182,20 @@ func (c *IPC) scan(pid int) (found bool, slowest int, lagRec, lagBytes uint64) {
 			found = true
 		}
 		cur := s.AlertCursor.Load()
-		if cur == 0 || st == zone.WorkerHung || int64(i) == self || s.SendWaiting.Load() != 0 {
+		// A receiver whose handler waits in a send is not waited for by a
+		// sender that is itself in a handler: two handlers would each wait
+		// out the send timeout. Other senders wait for it as for anyone.
+		if cur == 0 || st == zone.WorkerHung || int64(i) == self || (handler && s.SendWaiting.Load() != 0) {
 			continue // no alerts receiver, hung, the caller itself, or waiting on another
 		}
-		rec, bytes := c.ring.Lag(cur - 1)
-		if rec > lagRec || bytes > lagBytes {
-			slowest = p
+		if minCur == 0 || cur < minCur {
+			minCur, slowest = cur, p
 		}
-		lagRec, lagBytes = max(lagRec, rec), max(lagBytes, bytes)
+	}
+	// The slowest receiver lags most in records and in bytes alike (its
+	// records include every later one's): one walk of the segments.
+	if minCur != 0 {
+		lagRec, lagBytes = c.ring.Lag(minCur - 1)
 	}
 	return found, slowest, lagRec, lagBytes
 }

@@ -217,6 +217,7 @@ func (w *Worker) join() error {
 	s.Missed.Store(0)
 	s.Cursor.Store(z.Ring().Tail())
 	s.AlertCursor.Store(0) // no alerts receiver until one starts
+	s.SendWaiting.Store(0) // a predecessor killed while waiting left it set
 	w.epoch = node.Epoch.Load()
 	s.Epoch.Store(w.epoch)
 	s.State.Store(zone.WorkerLive)

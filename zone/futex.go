@@ -40,7 +40,9 @@ func futexWaitBitset(addr *atomic.Uint32, val uint32, d time.Duration, mask uint
 	// FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline.
 	var now unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &now)
-	ts := unix.NsecToTimespec(now.Nano() + int64(d))
+	// A day at most: a deadline past the clock's range is EINVAL, which
+	// would return at once, every time.
+	ts := unix.NsecToTimespec(now.Nano() + int64(min(max(d, 0), 24*time.Hour)))
 	_, _, _ = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWaitBitsetOp, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, uintptr(mask))
 }
 

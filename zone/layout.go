@@ -53,7 +53,8 @@ import (
 //	36864       256 × 64        member table (type MemberSlot): one per process mapping
 //	53248       4096 × 64       unique table (type uniqueSlot): run-once keys of the events bus
 //	315392      slots × 16      ring index (type indexSlot)
-//	…           segments × 16   segment table (type segSlot)
+//	…           segments × 128  segment table (type segSlot): the lease word, and in a
+//	                            cache line of its own the last sequence committed
 //	…           data size       segment data, from a page boundary: segments of segment size
 //
 // A record is a frame in one segment (type frame: a 40-byte header and the
@@ -77,7 +78,7 @@ const (
 	workerSlotSize = 128
 	memberSlotSize = 64
 	indexSlotSize  = 16
-	segSlotSize    = 16
+	segSlotSize    = 128
 	uniqueSlotSize = 64
 
 	// UniqueSlots is the number of run-once keys a zone holds at once.
@@ -303,7 +304,9 @@ func locSplit(l uint64) (gen uint32, seg uint32, off uint64) {
 	return uint32(l >> (locSegBits + locOffBits)), uint32(l>>locOffBits) & (maxSegs - 1), (l & (1<<locOffBits - 1)) << 3
 }
 
-// segSlot is one entry of the segment table, 16 bytes.
+// segSlot is one entry of the segment table, 128 bytes: two cache lines, so
+// that the lessee's update of last on every commit does not make every
+// reader's check of the lease word miss.
 type segSlot struct {
 	// lease is gen<<32 | owner: the segment's lease generation (bumped by
 	// every new lease, before the lessee writes anything) and its lessee,
@@ -312,10 +315,12 @@ type segSlot struct {
 	// all done. A segment whose lessee's liveness lock is gone is leased
 	// again by whoever finds it.
 	lease atomic.Uint64
-	// base is the data tail when the lease began: the position of the
-	// segment's first byte in the stream of all data handed out (for lag in
-	// bytes).
-	base atomic.Uint64
+	_     [56]byte
+	// last is one past the highest sequence number committed into the
+	// segment in its current lease (0: none yet), set by the lessee: the
+	// records of the segment are all below it (for a reader's lag in bytes).
+	last atomic.Uint64
+	_    [56]byte
 }
 
 func leaseWord(gen uint32, owner uint32) uint64 { return uint64(gen)<<32 | uint64(owner) }

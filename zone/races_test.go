@@ -455,3 +455,100 @@ func TestLagBytes(t *testing.T) {
 	}
 	t.Fatalf("the record's segment never came round (last lag %d bytes)", last)
 }
+
+// TestNoSleepBehindForeignUncommitted: a reader about to sleep on its own
+// doorbell while the record at its cursor is taken but not committed (by
+// a writer of another kind, whose commit will not ring that bell) does not
+// sleep there: it goes round and sleeps on the any-commit bell instead.
+// (It slept until its timer: the review measured 1 s stalls.)
+func TestNoSleepBehindForeignUncommitted(t *testing.T) {
+	z := mustOpen(t, testOptions(t, MinSize))
+	r := z.Ring()
+	rd := r.NewReader(r.Tail())
+	rd.SetBell(1)
+	rd.SetTarget(100)
+	foreign, err := r.Reserve(Meta{Aux: 200, Bell: 1, Wake: TargetBit(200)}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Write(Meta{Aux: 100, Bell: 1, Wake: TargetBit(100)}, []byte("mine")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		rd.sleep(1, time.Hour) // the record at the cursor is the foreign one
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		foreign.Commit()
+		<-done
+		t.Fatal("slept on its own doorbell behind a foreign uncommitted record")
+	}
+	foreign.Commit()
+}
+
+// TestReadOnlyReaderSkipsUncommitted: a reader on a read-only mapping (the
+// CLI's tail) cannot mark a dead writer's record abandoned; it skips it as
+// a gap of its own after WaitMax (it faulted writing the read-only page).
+func TestReadOnlyReaderSkipsUncommitted(t *testing.T) {
+	o := testOptions(t, MinSize)
+	z := mustOpen(t, o)
+	o.ReadOnly, o.Size = true, 0
+	ro := mustOpen(t, o)
+	rd := ro.Ring().NewReader(z.Ring().Tail())
+	rd.SetWaitMax(5 * time.Millisecond)
+	if _, err := z.Ring().Reserve(Meta{}, 4); err != nil { // never committed
+		t.Fatal(err)
+	}
+	if _, err := z.Ring().Write(Meta{}, []byte("next")); err != nil {
+		t.Fatal(err)
+	}
+	if rec, st := rd.Read(5 * time.Second); st != Gap || rec.Lost != 1 {
+		t.Fatalf("got %v %+v, want a gap", st, rec)
+	}
+	if rec, st := rd.Read(5 * time.Second); st != Got || string(rec.Data) != "next" {
+		t.Fatalf("after the gap: %v %+v", st, rec)
+	}
+}
+
+// TestHugeTimeoutSleeps: Read with a timeout past the clock's range sleeps
+// instead of spinning on an invalid futex deadline.
+func TestHugeTimeoutSleeps(t *testing.T) {
+	z := mustOpen(t, testOptions(t, MinSize))
+	rd := z.Ring().NewReader(z.Ring().Tail())
+	rd.SetSpin(0)
+	done := make(chan struct{})
+	go func() {
+		rd.Read(math.MaxInt64)
+		close(done)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	rd.Interrupt()
+	<-done
+	if n := rd.wakes.Load(); n > 3 {
+		t.Fatalf("%d wake-ups in 100ms of sleep", n)
+	}
+}
+
+// TestWakeAllEveryBounds: any period is taken without looping forever,
+// and none below 64 records.
+func TestWakeAllEveryBounds(t *testing.T) {
+	z := mustOpen(t, testOptions(t, MinSize))
+	r := z.Ring()
+	done := make(chan struct{})
+	go func() {
+		r.WakeAllEvery(math.MaxUint64)
+		r.WakeAllEvery(1)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("WakeAllEvery did not return")
+	}
+	if m := r.wakeAll.Load(); m != 63 {
+		t.Fatalf("mask %d after WakeAllEvery(1), want 63 (every 64 records)", m)
+	}
+}

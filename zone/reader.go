@@ -211,6 +211,13 @@ func (rd *Reader) TryRead() (Record, Status) {
 		if now-rd.since < uint64(rd.waitMax) {
 			return Record{Seq: seq}, Waiting
 		}
+		if r.self < 0 {
+			// A read-only mapping cannot mark it abandoned: this reader
+			// alone skips it, as a gap.
+			rd.advance(seq + 1)
+			rd.gaps++
+			return Record{Seq: seq, Lost: 1}, Gap
+		}
 		if s.state.CompareAndSwap(w, stateWord(seq, stAbandoned)) {
 			r.node.Gaps.Add(1)
 			r.hdr.bells[bellAny].ring(futexMatchAny)
@@ -365,7 +372,12 @@ func (rd *Reader) sleep(b int, d time.Duration) {
 	}
 	rd.sleeping.Store(int32(b))
 	v := r.arm(b)
-	if !rd.ready() && !rd.interrupted.Load() {
+	// A record taken before the cursor's tail but not committed yet may be
+	// another reader's kind: its commit would not ring this bell, and one
+	// after it (ours) rang before this reader armed. Go round again: the
+	// next read finds it Waiting and sleeps on the any-commit bell.
+	blocked := b != bellAny && r.hdr.tail.Load() > rd.next
+	if !blocked && !rd.ready() && !rd.interrupted.Load() {
 		mask := rd.mask
 		if b == bellAny {
 			mask = futexMatchAny

@@ -138,8 +138,10 @@ func newRing(z *Zone) *Ring {
 // period): readers then lag at most about n records behind records they
 // do not want. The default is an eighth of the ring.
 func (r *Ring) WakeAllEvery(n uint64) {
-	p := uint64(1)
-	for p*2 <= n {
+	// At least every 64 records: more often, every commit would wake
+	// every sleeper of the node.
+	p := uint64(64)
+	for p*2 <= n && p < 1<<62 {
 		p *= 2
 	}
 	for {
@@ -268,6 +270,12 @@ func (r *Ring) commit(seq, loc uint64, m Meta) error {
 			break
 		}
 	}
+	// The segment holds seq now (only this process writes its entry; its
+	// goroutines may commit out of order).
+	_, seg, _ := locSplit(loc)
+	e := r.seg(seg)
+	for last := e.last.Load(); last < seq+1 && !e.last.CompareAndSwap(last, seq+1); last = e.last.Load() {
+	}
 	if seq&r.wakeAll.Load() == 0 {
 		for b := range r.hdr.bells {
 			r.hdr.bells[b].ring(futexMatchAny)
@@ -392,7 +400,8 @@ func (r *Ring) lease() (*lease, error) {
 			// This RMW also keeps the new generation ordered before the
 			// lessee's first stores into the segment on arm64, where a
 			// CAS alone does not order later plain stores after it.
-			e.base.Store(r.hdr.dataTail.Add(r.segSize) - r.segSize)
+			r.hdr.dataTail.Add(r.segSize)
+			e.last.Store(0)
 			r.z.member(r.self).Leases.Add(1)
 			start := uint64(i) * r.segSize
 			return &lease{seg: i, gen: gen, mem: r.data[start : start+r.segSize : start+r.segSize]}, nil
@@ -482,12 +491,12 @@ func (p *Pending) Commit() error {
 }
 
 // Lag reports how far a reader whose next record is cursor is behind the
-// writers: in records, and in data bytes, which say how close the record
-// at cursor is to being overwritten: 0 while its segment is still leased
-// (a live lessee's segment is never reused), else the data area less what
-// can still be leased before the lease cursor comes to the segment (the
-// free segments on its way): the whole data area when the segment is next
-// in line, or already gone.
+// writers: in records, and in data bytes, which say how close its records
+// are to being overwritten: the data area less what can still be leased
+// before the lease cursor comes to a free segment holding a record at or
+// after cursor (segments still leased are never reused; when no free
+// segment holds one, 0). It walks the segment table once: call it for the
+// slowest of several readers only.
 func (r *Ring) Lag(cursor uint64) (records, bytes uint64) {
 	tail := r.hdr.tail.Load()
 	if cursor >= tail {
@@ -497,29 +506,21 @@ func (r *Ring) Lag(cursor uint64) (records, bytes uint64) {
 	if records > r.slots {
 		return records, r.DataSize()
 	}
-	s := r.slot(cursor)
-	w := s.state.Load()
-	if stateSeq(w) < cursor+1 {
-		return records, 0 // not published yet: what follows is being written now
-	}
-	gen, seg, _ := locSplit(s.loc.Load())
-	if stateSeq(w) != cursor+1 || uint64(seg) >= r.segments {
-		return records, r.DataSize()
-	}
-	lw := r.seg(seg).lease.Load()
-	if leaseGen(lw)&locGenMask != gen {
-		return records, r.DataSize()
-	}
-	if leaseOwner(lw) != 0 {
-		return records, 0
-	}
 	free := uint64(0)
-	for i := r.hdr.leaseCur.Load() % r.segments; i != uint64(seg); i = (i + 1) % r.segments {
-		if leaseOwner(r.seg(uint32(i)).lease.Load()) == 0 {
+	i := r.hdr.leaseCur.Load() % r.segments
+	for k := uint64(0); k < r.segments; k++ {
+		e := r.seg(uint32(i))
+		if leaseOwner(e.lease.Load()) == 0 {
+			if e.last.Load() > cursor {
+				return records, r.DataSize() - free*r.segSize
+			}
 			free++
 		}
+		if i++; i == r.segments {
+			i = 0
+		}
 	}
-	return records, r.DataSize() - free*r.segSize
+	return records, 0
 }
 
 // CountFor counts the committed records from seq from to the tail, among
