@@ -54,7 +54,7 @@ func (c *IPC) Start() error {
 		// it (this one's), never both.
 		prev.skipMu.Lock()
 		c.handoff = c.ring.Tail()
-		prev.skipLo, prev.skipHi = c.handoff, math.MaxUint64
+		prev.windows = append(prev.windows, window{lo: c.handoff, hi: math.MaxUint64, by: c})
 		prev.skipMu.Unlock()
 	} else {
 		c.handoff = c.ring.Tail()
@@ -67,6 +67,14 @@ func (c *IPC) Start() error {
 	c.open = true
 	go c.loop(prev)
 	return nil
+}
+
+// rewinding reports a rewind the loop has not taken yet: the worker will
+// read again from further back.
+func (c *IPC) rewinding() bool {
+	c.skipMu.Lock()
+	defer c.skipMu.Unlock()
+	return c.rewind
 }
 
 func (c *IPC) publish(next uint64) {
@@ -89,10 +97,11 @@ func (c *IPC) Close() error {
 	c.open = false
 	c.stop.Store(true)
 	c.rd.Interrupt()
-	if c.loopGID.Load() == goid.Get() {
-		return nil // inside a handler: the loop ends when it returns
+	// Inside one of its own handlers, the loop ends when the handler
+	// returns, without reading on: where it stopped is already known.
+	if c.loopGID.Load() != goid.Get() {
+		<-c.done
 	}
-	<-c.done
 	owners.Lock()
 	defer owners.Unlock()
 	for _, o := range owners.m {
@@ -103,9 +112,22 @@ func (c *IPC) Close() error {
 	if owners.m[c.z.Path()] == c {
 		delete(owners.m, c.z.Path())
 		if p := c.prev; p != nil && !p.stop.Load() {
+			// A rolled-back reload: the older worker handles again what
+			// comes after where this one stopped. Its window for this
+			// worker closes there, and it re-reads from there if it is
+			// already past (a pending rewind further back is kept).
 			owners.m[c.z.Path()] = p
+			stop := c.rd.Next()
 			p.skipMu.Lock()
-			p.rewindTo, p.rewind = c.rd.Next(), true
+			for i := range p.windows {
+				if p.windows[i].by == c {
+					p.windows[i].hi = stop
+				}
+			}
+			if !p.rewind || stop < p.rewindTo {
+				p.rewindTo = stop
+			}
+			p.rewind = true
 			p.skipMu.Unlock()
 			p.rd.Interrupt()
 		}
@@ -133,7 +155,7 @@ func (c *IPC) loop(prev *IPC) {
 		// stops short of the hand-off, this one takes over from where it
 		// stopped.
 	wait:
-		for !c.stop.Load() && p.next.Load() < c.handoff {
+		for !c.stop.Load() && (p.next.Load() < c.handoff || p.rewinding()) {
 			select {
 			case <-p.done:
 				if n := p.next.Load(); n < c.handoff {
@@ -148,20 +170,17 @@ func (c *IPC) loop(prev *IPC) {
 		rec, st := c.rd.Read(time.Second)
 		c.skipMu.Lock()
 		if c.rewind {
-			// A newer worker stopped (a rolled-back reload): it handled
-			// the records from the hand-off to where it stopped, and this
-			// worker handles the rest: the skip window ends there. If this
-			// reader is past that point, seek back to it (the record just
-			// read is read again); else go on, skipping what the newer
-			// worker handled (the record just read may be one of them).
-			c.skipHi, c.rewind = c.rewindTo, false
+			// A newer worker stopped (a rolled-back reload); its window now
+			// ends where it stopped. If this reader is past that point, seek
+			// back to it (the record just read is read again); else go on.
+			c.rewind = false
 			if c.rewindTo < c.rd.Next() {
 				c.rd.Seek(c.rewindTo)
 				c.skipMu.Unlock()
 				continue
 			}
 		}
-		skip := st == zone.Got && rec.Seq >= c.skipLo && rec.Seq < c.skipHi
+		skip := st == zone.Got && c.skippedLocked(rec.Seq)
 		c.skipMu.Unlock()
 		switch st {
 		case zone.Got:
@@ -177,6 +196,24 @@ func (c *IPC) loop(prev *IPC) {
 			c.sweep()
 		}
 	}
+}
+
+// skippedLocked reports whether seq is a newer worker's to handle, and
+// forgets the windows this reader is past. Call under skipMu.
+func (c *IPC) skippedLocked(seq uint64) bool {
+	kept := c.windows[:0]
+	in := false
+	for _, w := range c.windows {
+		if seq >= w.lo && seq < w.hi {
+			in = true
+		}
+		if w.hi > seq {
+			kept = append(kept, w)
+		}
+	}
+	clear(c.windows[len(kept):])
+	c.windows = kept
+	return in
 }
 
 // sweep removes blob files older than a minute, now and then, when idle.

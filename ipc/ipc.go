@@ -10,7 +10,6 @@ package ipc
 import (
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,6 +101,13 @@ type Options struct {
 	Logger *zap.Logger
 }
 
+// window is a stretch of sequence numbers a newer worker handles: from
+// its hand-off (lo) to where it stopped (hi; the maximum while it runs).
+type window struct {
+	lo, hi uint64
+	by     *IPC
+}
+
 // Alert is what a handler gets. Data is valid only during the call.
 type Alert struct {
 	Name string
@@ -175,9 +181,12 @@ type IPC struct {
 
 	// Hand-over between the workers of one process (see deliver.go).
 	skipMu         sync.Mutex
-	skipLo, skipHi uint64 // under skipMu: alerts with skipLo ≤ seq < skipHi are a newer worker's
-	rewind         bool   // under skipMu: a newer worker stopped first; re-read from rewindTo
-	rewindTo       uint64
+	// Under skipMu: the alerts that newer workers of this process handle
+	// (one window per newer worker: from its hand-off, to where it stopped
+	// if it stopped), and a pending rewind to re-read from rewindTo.
+	windows  []window
+	rewind   bool
+	rewindTo uint64
 	prev           *IPC          // under owners' lock: the older worker of this process
 	handoff        uint64        // the first sequence this worker handles
 	next           atomic.Uint64 // the sequence the loop reads next, for the newer worker
@@ -228,7 +237,6 @@ func New(o Options) (*IPC, error) {
 	}
 	c := &IPC{o: o, z: o.Zone, ring: r, log: o.Logger, done: make(chan struct{}), bounds: map[int]bound{}}
 	c.slot.Store(-1)
-	c.skipLo, c.skipHi = math.MaxUint64, math.MaxUint64
 	empty := map[string]Handler{}
 	c.handlers.Store(&empty)
 	return c, nil
