@@ -180,16 +180,16 @@ type IPC struct {
 	hmu      sync.Mutex
 
 	// Hand-over between the workers of one process (see deliver.go).
-	skipMu         sync.Mutex
+	skipMu sync.Mutex
 	// Under skipMu: the alerts that newer workers of this process handle
 	// (one window per newer worker: from its hand-off, to where it stopped
 	// if it stopped), and a pending rewind to re-read from rewindTo.
 	windows  []window
 	rewind   bool
 	rewindTo uint64
-	prev           *IPC          // under owners' lock: the older worker of this process
-	handoff        uint64        // the first sequence this worker handles
-	next           atomic.Uint64 // the sequence the loop reads next, for the newer worker
+	prev     *IPC          // under owners' lock: the older worker of this process
+	handoff  uint64        // the first sequence this worker handles
+	next     atomic.Uint64 // the sequence the loop reads next, for the newer worker
 
 	loopGID atomic.Uint64
 	current atomic.Pointer[Alert] // the alert whose handler runs
