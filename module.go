@@ -279,6 +279,10 @@ func (a *App) Start() error {
 		if err != nil {
 			return nil, err
 		}
+		if sq := zone.SquattedDirs(opts); len(sq) > 0 {
+			a.logger.Warn("zone directory names held by another user or group were skipped: remove them, or set the ipcbus dir option to a directory only this user can write",
+				zap.Strings("skipped", sq), zap.String("used", filepath.Dir(z.Path())))
+		}
 		return pooledZone{z}, nil
 	})
 	if err != nil {

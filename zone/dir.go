@@ -27,21 +27,78 @@ import (
 // directory (not a symbolic link), owned by this user (group mode: of the
 // named group), with exactly the mode above. Anything else is refused with
 // an error that names the owner and the fix; nothing is ever attached in a
-// directory another user controls.
+// directory another user controls. The names are predictable, so another
+// user could create one first to keep Caddy from starting: a name taken
+// by another user (or group) is skipped for the next of "<name>.1" to
+// "<name>.7", every process choosing alike (the first one that is its
+// own, else the first free one), and the app logs a warning naming the
+// squatter (SquattedDirs).
 
 // DirFor is the directory holding the zone file and the blobs of the zone
 // named by o: "ipcbus-<uid>" in o.Dir (DefaultDir when empty), or
 // "ipcbus-g<gid>" for a group mode (see the package's directory rules).
 func DirFor(o Options) string {
-	dir := o.Dir
-	if dir == "" {
-		dir = DefaultDir()
+	dir, _ := dirFor(o)
+	return dir
+}
+
+// dirTries is how many names DirFor tries: the base name and .1 to .7.
+const dirTries = 8
+
+// dirFor is DirFor, with the names it skipped because another user (or
+// group) holds them.
+func dirFor(o Options) (string, []string) {
+	parent := o.Dir
+	if parent == "" {
+		parent = DefaultDir()
 	}
 	mode := modeOf(o)
+	base := filepath.Join(parent, fmt.Sprintf("ipcbus-%d", os.Geteuid()))
 	if groupShared(mode) {
-		return filepath.Join(dir, fmt.Sprintf("ipcbus-g%d", os.Getegid()))
+		base = filepath.Join(parent, fmt.Sprintf("ipcbus-g%d", os.Getegid()))
 	}
-	return filepath.Join(dir, fmt.Sprintf("ipcbus-%d", os.Geteuid()))
+	name := func(i int) string {
+		if i == 0 {
+			return base
+		}
+		return fmt.Sprintf("%s.%d", base, i)
+	}
+	var squatted []string
+	free := ""
+	for i := 0; i < dirTries; i++ {
+		p := name(i)
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			if free == "" && errors.Is(err, fs.ErrNotExist) {
+				free = p
+			}
+			continue
+		}
+		if !othersDir(&st, mode) {
+			return p, squatted // this user's (or group's): checked on attach
+		}
+		squatted = append(squatted, p)
+	}
+	if free != "" {
+		return free, squatted
+	}
+	return base, squatted // all taken: attaching says by whom
+}
+
+// othersDir reports whether the entry st, at a private directory's name,
+// belongs to another user (or, for a group mode, another group).
+func othersDir(st *unix.Stat_t, mode os.FileMode) bool {
+	if groupShared(mode) {
+		return st.Gid != uint32(os.Getegid())
+	}
+	return st.Uid != uint32(os.Geteuid())
+}
+
+// SquattedDirs lists the private directory names for o that another user
+// (or group) holds, and that DirFor therefore skips: worth a warning.
+func SquattedDirs(o Options) []string {
+	_, squatted := dirFor(o)
+	return squatted
 }
 
 // modeOf is the zone file mode o asks for, 0600 by default.
