@@ -49,6 +49,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		send_timeout <duration> # default 5s
 //		alert_overflow block|drop  # default block
 //		max_streams <n>         # polls and streams of all ipcbus_poll handlers together; default 10000
+//		unique_keys <n>         # run-once keys held at once, 256 to 1048576; default 4096
 //	}
 //
 // Every setting is optional, and so is the block.
@@ -60,9 +61,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		opt := d.Val()
 		switch opt {
-		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "blob_quota", "wait_max", "spin", "send_timeout", "alert_overflow", "max_streams":
+		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "blob_quota", "wait_max", "spin", "send_timeout", "alert_overflow", "max_streams", "unique_keys":
 		default:
-			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, blob_quota, wait_max, spin, send_timeout, alert_overflow and max_streams", opt)
+			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, blob_quota, wait_max, spin, send_timeout, alert_overflow, max_streams and unique_keys", opt)
 		}
 		var val string
 		if !d.AllArgs(&val) {
@@ -114,6 +115,15 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("ipcbus blob_quota: %s: must be at least 1 byte (and at least max_payload)", val)
 			}
 			a.BlobQuota = int64(n)
+		case "unique_keys":
+			n, err := strconv.Atoi(val)
+			if err != nil {
+				return d.Errf("ipcbus unique_keys: %q is not a number", val)
+			}
+			if err := zone.ValidateUniqueKeys(n, 0); err != nil {
+				return d.Errf("ipcbus unique_keys: %v", err)
+			}
+			a.UniqueKeys = n
 		case "max_streams":
 			n, err := strconv.ParseInt(val, 10, 64)
 			if err != nil || n < 1 {

@@ -96,6 +96,12 @@ func TestGlobalOption(t *testing.T) {
 			max_streams 500
 		}`, `{"max_streams":500}`},
 		{`ipcbus {
+			unique_keys 65536
+		}`, `{"unique_keys":65536}`},
+		{`ipcbus {
+			unique_keys 100
+		}`, `error: ipcbus unique_keys: invalid unique_keys 100: must be between 256 and 1048576`},
+		{`ipcbus {
 			max_streams 0
 		}`, `error: ipcbus max_streams: "0" must be a number from 1 up`},
 		{`ipcbus {

@@ -85,6 +85,15 @@ type App struct {
 	// max_payload. Give every process of a node the same.
 	BlobQuota int64 `json:"blob_quota,omitempty"`
 
+	// UniqueKeys is how many run-once keys (events posted with a unique
+	// key) the zone holds at once, within unique_timeout: 256 to 1048576,
+	// and their table (64 bytes a key) at most a quarter of the zone. Beyond
+	// it a unique post fails (HTTP 503, Retry-After) and is counted.
+	// Default: 4096. It is fixed when the zone is created: give every
+	// process of a node the same, and remove the zone (caddy ipcbus rm) to
+	// change it.
+	UniqueKeys int `json:"unique_keys,omitempty"`
+
 	// MaxStreams caps the long-polls and streams of all ipcbus_poll handlers
 	// of this process together (each handler also has its own max_streams);
 	// a request beyond it gets 503. Default: 10000, or the largest
@@ -204,6 +213,11 @@ func (a *App) Validate() error {
 	if a.MaxPayload < 0 || a.MaxPayload > events.MaxPayloadLimit {
 		return fmt.Errorf("invalid max_payload %d: must be between 1 and %d bytes", a.MaxPayload, int64(events.MaxPayloadLimit))
 	}
+	if a.UniqueKeys != 0 {
+		if err := zone.ValidateUniqueKeys(a.UniqueKeys, a.Size); err != nil {
+			return err
+		}
+	}
 	if a.MaxStreams < 0 {
 		return fmt.Errorf("invalid max_streams %d: give a number of streams from 1 up, or leave it out for the default", a.MaxStreams)
 	}
@@ -272,7 +286,7 @@ func current() *App {
 func (a *App) Start() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	opts := zone.Options{Name: a.Zone, Dir: a.Dir, Size: a.Size, Mode: a.mode, BlobQuota: a.BlobQuota}
+	opts := zone.Options{Name: a.Zone, Dir: a.Dir, Size: a.Size, Mode: a.mode, BlobQuota: a.BlobQuota, UniqueKeys: a.UniqueKeys}
 	a.poolK = zone.PathFor(opts)
 	v, _, err := zones.LoadOrNew(a.poolK, func() (caddy.Destructor, error) {
 		z, err := zone.Open(opts)

@@ -335,7 +335,7 @@ func TestBroadcastServeHTTP(t *testing.T) {
 	})
 	t.Run("unique table full", func(t *testing.T) {
 		var full bool
-		for i := 0; i < 2*zone.UniqueSlots && !full; i++ {
+		for i := 0; i < 2*zone.DefaultUniqueKeys && !full; i++ {
 			a := run(t, broadcastServe(h), request("POST", fmt.Sprintf("/p?source=s&event=e&unique=key-%d", i), strings.NewReader("x"), 1))
 			switch a.code {
 			case 200:

@@ -88,7 +88,7 @@ func FuzzAttach(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	g := layoutFor(MinSize)
+	g := layoutFor(MinSize, DefaultUniqueKeys)
 	f.Add(uint32(192), uint64(1<<62), uint32(0), uint64(0), uint32(0), uint64(0))
 	f.Add(uint32(g.indexOff+3*indexSlotSize), uint64(0xffffffffffffff), uint32(0), uint64(0), uint32(0), uint64(0))
 	f.Add(uint32(g.segOff), uint64(0x1_0000_00ff), uint32(g.indexOff+8), uint64(0xdeadbeef), uint32(g.dataOff), uint64(7))

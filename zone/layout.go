@@ -27,7 +27,7 @@ import (
 //	  72        8                 segment data size in bytes (segments × segment size)
 //	  80        8                 largest record payload the ring takes, in bytes
 //	  88        8                 unique table offset
-//	  96        4                 unique slots (UniqueSlots)
+//	  96        4                 unique slots (Options.UniqueKeys: DefaultUniqueKeys, 256 to 1<<20)
 //	  100       4                 unique slot size (64)
 //	  104       8                 member table offset
 //	  112       4                 member slots (MaxMembers)
@@ -51,8 +51,8 @@ import (
 //	640         3456              reserved, zero
 //	4096        256 × 128       worker table (type WorkerSlot)
 //	36864       256 × 64        member table (type MemberSlot): one per process mapping
-//	53248       4096 × 64       unique table (type uniqueSlot): run-once keys of the events bus
-//	315392      slots × 16      ring index (type indexSlot)
+//	53248       keys × 64       unique table (type uniqueSlot): run-once keys of the events bus
+//	…           slots × 16      ring index (type indexSlot) (at 315392 with the default 4096 keys)
 //	…           segments × 128  segment table (type segSlot): the lease word, and in a
 //	                            cache line of its own the last sequence committed
 //	…           data size       segment data, from a page boundary: segments of segment size
@@ -81,8 +81,13 @@ const (
 	segSlotSize    = 128
 	uniqueSlotSize = 64
 
-	// UniqueSlots is the number of run-once keys a zone holds at once.
-	UniqueSlots = 4096
+	// DefaultUniqueKeys is the number of run-once keys a zone holds at
+	// once unless Options.UniqueKeys says otherwise; MinUniqueKeys and
+	// MaxUniqueKeys bound it (and the table takes at most a quarter of the
+	// zone).
+	DefaultUniqueKeys = 4096
+	MinUniqueKeys     = 256
+	MaxUniqueKeys     = 1 << 20
 
 	// NumBells is the number of doorbells: readers of different record
 	// kinds sleep on different ones, so that a commit wakes only readers
@@ -356,6 +361,7 @@ type geometry struct {
 	workerSlots uint64
 	memberOff   uint64
 	uniqueOff   uint64
+	uniqueKeys  uint64
 	indexOff    uint64
 	indexSlots  uint64
 	segOff      uint64
@@ -371,11 +377,12 @@ type geometry struct {
 // in segments of the largest power of two (16 KiB to 4 MiB) that makes at
 // least 16 of them. A record, frame header included, takes at most a
 // quarter of a segment, so a lease wastes at most a quarter at its end.
-func layoutFor(size uint64) geometry {
+func layoutFor(size uint64, uniqueKeys uint64) geometry {
 	g := geometry{size: size, workerOff: headerSize, workerSlots: MaxWorkers}
 	g.memberOff = g.workerOff + MaxWorkers*workerSlotSize
 	g.uniqueOff = g.memberOff + MaxMembers*memberSlotSize
-	g.indexOff = g.uniqueOff + UniqueSlots*uniqueSlotSize
+	g.uniqueKeys = uniqueKeys
+	g.indexOff = g.uniqueOff + uniqueKeys*uniqueSlotSize
 	n := uint64(1)
 	for n*2 <= size/512 {
 		n *= 2
@@ -409,7 +416,7 @@ func init() {
 		unsafe.Sizeof(WorkerSlot{}) != workerSlotSize || unsafe.Sizeof(MemberSlot{}) != memberSlotSize ||
 		unsafe.Sizeof(indexSlot{}) != indexSlotSize || unsafe.Sizeof(segSlot{}) != segSlotSize ||
 		unsafe.Sizeof(frame{}) != frameSize || unsafe.Sizeof(uniqueSlot{}) != uniqueSlotSize ||
-		layoutFor(MinSize).indexOff != 315392 || maxSegSize>>3 > 1<<locOffBits {
+		layoutFor(MinSize, DefaultUniqueKeys).indexOff != 315392 || maxSegSize>>3 > 1<<locOffBits {
 		panic("zone: layout overlays do not match the documented layout")
 	}
 }

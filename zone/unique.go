@@ -34,7 +34,7 @@ var ErrUniqueTableFull = errors.New("unique key table full: too many unique keys
 const uniqueProbe = 64
 
 func (z *Zone) uniqueSlot(i uint32) *uniqueSlot {
-	return (*uniqueSlot)(unsafe.Pointer(&z.mem[z.geo.uniqueOff+uint64(i%UniqueSlots)*uniqueSlotSize]))
+	return (*uniqueSlot)(unsafe.Pointer(&z.mem[z.geo.uniqueOff+uint64(i)%z.geo.uniqueKeys*uniqueSlotSize]))
 }
 
 // UniqueTicket names a won run-once key: the slot and the token the event
@@ -64,7 +64,7 @@ func (h *Handle) ClaimUnique(key string, now time.Time, ttl time.Duration, token
 			return UniqueTicket{}, false, nil
 		}
 		if !live && free < 0 {
-			free = int(i % UniqueSlots)
+			free = int(uint64(i) % h.z.geo.uniqueKeys)
 		}
 	}
 	if free < 0 {

@@ -38,6 +38,11 @@ type Options struct {
 	// across every process of the node; 0 means DefaultBlobQuota. See
 	// SetBlobQuota.
 	BlobQuota int64
+	// UniqueKeys is the number of run-once keys the zone holds at once,
+	// MinUniqueKeys to MaxUniqueKeys and at most a quarter of the zone;
+	// 0 means DefaultUniqueKeys when creating, and whatever the file has
+	// when attaching (any other value must equal it).
+	UniqueKeys int
 	// ReadOnly attaches without creating and maps the zone read-only
 	// (for inspection tools).
 	ReadOnly bool
@@ -63,6 +68,18 @@ func ValidateName(name string) error {
 func ValidateSize(size int64) error {
 	if size < MinSize || size > MaxSize {
 		return fmt.Errorf("invalid zone size %d bytes: must be between %d (1MiB) and %d (64GiB)", size, int64(MinSize), int64(MaxSize))
+	}
+	return nil
+}
+
+// ValidateUniqueKeys reports whether a zone of size bytes can hold keys
+// run-once keys (size 0: any size).
+func ValidateUniqueKeys(keys int, size int64) error {
+	if keys < MinUniqueKeys || keys > MaxUniqueKeys {
+		return fmt.Errorf("invalid unique_keys %d: must be between %d and %d", keys, MinUniqueKeys, MaxUniqueKeys)
+	}
+	if size != 0 && int64(keys)*uniqueSlotSize > size/4 {
+		return fmt.Errorf("invalid unique_keys %d: their table (%d bytes) would take more than a quarter of the %d-byte zone; give at most %d, or a larger size", keys, keys*uniqueSlotSize, size, size/4/uniqueSlotSize)
 	}
 	return nil
 }
@@ -207,7 +224,7 @@ func (z *Zone) attach(o Options, mode os.FileMode) error {
 			if st.Uid == uid {
 				z.mode = mode
 			}
-			if err := z.create(uint64(o.Size), mode, st.Uid == uid); err != nil {
+			if err := z.create(uint64(o.Size), uint64(o.UniqueKeys), mode, st.Uid == uid); err != nil {
 				// A failed create leaves no file: removed under the node
 				// lock, so an opener waiting for it finds the file unlinked
 				// and opens the path again.
@@ -231,9 +248,15 @@ func (z *Zone) isBlank(size int64) bool {
 	return err == nil && n == 8 && b == [8]byte{}
 }
 
-func (z *Zone) create(size uint64, mode os.FileMode, owned bool) error {
+func (z *Zone) create(size, keys uint64, mode os.FileMode, owned bool) error {
 	if size == 0 {
 		size = DefaultSize
+	}
+	if keys == 0 {
+		keys = DefaultUniqueKeys
+	}
+	if err := ValidateUniqueKeys(int(keys), int64(size)); err != nil {
+		return fmt.Errorf("zone file %s: %w", z.path, err)
 	}
 	if owned {
 		// The umask may have narrowed the mode; set the one asked for.
@@ -247,7 +270,7 @@ func (z *Zone) create(size uint64, mode os.FileMode, owned bool) error {
 	if err := z.mmap(int(size), true); err != nil {
 		return err
 	}
-	g := layoutFor(size)
+	g := layoutFor(size, keys)
 	h := z.hdr
 	h.Version = LayoutVersion
 	h.HeaderSize = headerSize
@@ -262,7 +285,7 @@ func (z *Zone) create(size uint64, mode os.FileMode, owned bool) error {
 	h.DataSize = g.dataSize
 	h.MaxRecord = g.maxRecord
 	h.UniqueOff = g.uniqueOff
-	h.UniqueSlots = UniqueSlots
+	h.UniqueSlots = uint32(keys)
 	h.UniqueSlotSize = uniqueSlotSize
 	h.MemberOff = g.memberOff
 	h.MemberSlots = MaxMembers
@@ -341,11 +364,17 @@ func (z *Zone) validate(o Options, fileSize int64) error {
 	if err := ValidateSize(int64(h.Size)); err != nil {
 		return fmt.Errorf("zone file %s: %w; %s", z.path, err, remedy)
 	}
-	g := layoutFor(h.Size)
+	if err := ValidateUniqueKeys(int(h.UniqueSlots), int64(h.Size)); err != nil {
+		return fmt.Errorf("zone file %s has a damaged header: %w; %s", z.path, err, remedy)
+	}
+	if o.UniqueKeys != 0 && uint64(h.UniqueSlots) != uint64(o.UniqueKeys) {
+		return fmt.Errorf("zone file %s holds %d run-once keys but the config asks for %d; set unique_keys to %d, or stop every process using the zone and remove it (caddy ipcbus rm) to change it", z.path, h.UniqueSlots, o.UniqueKeys, h.UniqueSlots)
+	}
+	g := layoutFor(h.Size, uint64(h.UniqueSlots))
 	if h.HeaderSize != headerSize || h.WorkerOff != g.workerOff || uint64(h.WorkerSlots) != g.workerSlots ||
 		h.WorkerSlotSize != workerSlotSize || h.IndexOff != g.indexOff || h.IndexSlots != g.indexSlots ||
 		h.DataOff != g.dataOff || h.DataSize != g.dataSize || h.MaxRecord != g.maxRecord ||
-		h.UniqueOff != g.uniqueOff || h.UniqueSlots != UniqueSlots || h.UniqueSlotSize != uniqueSlotSize ||
+		h.UniqueOff != g.uniqueOff || h.UniqueSlotSize != uniqueSlotSize ||
 		h.MemberOff != g.memberOff || h.MemberSlots != MaxMembers || h.MemberSlotSize != memberSlotSize ||
 		h.SegOff != g.segOff || uint64(h.Segments) != g.segments || uint64(h.SegSize) != g.segSize {
 		return fmt.Errorf("zone file %s has a damaged header (its areas do not match its size); %s", z.path, remedy)

@@ -46,7 +46,7 @@ func TestCreateAndAttach(t *testing.T) {
 	if c.Size() != 4<<20 {
 		t.Fatalf("attach with size 0 sees size %d", c.Size())
 	}
-	g := layoutFor(4 << 20)
+	g := layoutFor(4<<20, DefaultUniqueKeys)
 	if g.dataOff+g.dataSize > g.size || g.indexSlots&(g.indexSlots-1) != 0 || g.maxRecord == 0 {
 		t.Fatalf("bad geometry %+v", g)
 	}
@@ -117,7 +117,7 @@ func TestOpenRefuses(t *testing.T) {
 			return b
 		}, "index slot 3 names segment 32767"},
 		{"segment of no member", MinSize, func(b []byte) []byte {
-			g := layoutFor(MinSize)
+			g := layoutFor(MinSize, DefaultUniqueKeys)
 			(*segSlot)(unsafe.Pointer(&b[g.segOff+2*segSlotSize])).lease.Store(leaseWord(4, 999))
 			return b
 		}, "segment 2 leased to member 999"},
@@ -151,7 +151,7 @@ func TestOpenRefuses(t *testing.T) {
 
 // indexAt overlays index slot i on the bytes of a MinSize zone file.
 func indexAt(b []byte, i uint64) *indexSlot {
-	return (*indexSlot)(unsafe.Pointer(&b[layoutFor(MinSize).indexOff+i*indexSlotSize]))
+	return (*indexSlot)(unsafe.Pointer(&b[layoutFor(MinSize, DefaultUniqueKeys).indexOff+i*indexSlotSize]))
 }
 
 func TestOpenRefusesOtherOwner(t *testing.T) {
@@ -279,7 +279,7 @@ func TestGeometry(t *testing.T) {
 		{1 << 30, 2 << 20, 247, 4 << 20, 1<<20 - frameSize},
 	}
 	for _, tt := range tests {
-		g := layoutFor(tt.size)
+		g := layoutFor(tt.size, DefaultUniqueKeys)
 		if g.indexSlots != tt.slots || g.segments != tt.segments || g.segSize != tt.segSize || g.maxRecord != tt.maxRecord {
 			t.Errorf("size %d: %d slots, %d segments of %d, records up to %d; want %d, %d of %d, %d",
 				tt.size, g.indexSlots, g.segments, g.segSize, g.maxRecord, tt.slots, tt.segments, tt.segSize, tt.maxRecord)
@@ -335,5 +335,53 @@ func TestRemove(t *testing.T) {
 	z2 := mustOpen(t, o)
 	if z2.Node().Starts.Load() != 0 {
 		t.Fatal("the new zone carries the old counters")
+	}
+}
+
+// TestUniqueKeys: the run-once key table has the size the zone was created
+// with (bounded), holds no more keys than that, and a config asking for
+// another size is refused at attach with the fix.
+func TestUniqueKeys(t *testing.T) {
+	o := testOptions(t, MinSize)
+	o.UniqueKeys = 256
+	z := mustOpen(t, o)
+	h, err := z.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	now := time.Now()
+	won := 0
+	for i := 0; i < 1000; i++ {
+		_, ok, err := h.ClaimUnique(fmt.Sprint("key-", i), now, time.Hour, uint64(i+1))
+		if errors.Is(err, ErrUniqueTableFull) {
+			break
+		}
+		if err != nil || !ok {
+			t.Fatalf("claim %d: %v %v", i, ok, err)
+		}
+		won++
+	}
+	if won > 256 || won < 64 {
+		t.Fatalf("%d keys held by a table of 256", won)
+	}
+	o.UniqueKeys = 512
+	if _, err := Open(o); err == nil || !strings.Contains(err.Error(), "holds 256 run-once keys but the config asks for 512; set unique_keys to 256") {
+		t.Fatalf("attach asking for another size: %v", err)
+	}
+	o.UniqueKeys = 0
+	mustOpen(t, o).Close() // whatever the file has
+	for _, tt := range []struct {
+		keys int
+		size int64
+		want string
+	}{
+		{100, 0, "must be between 256 and 1048576"},
+		{1 << 21, 0, "must be between 256 and 1048576"},
+		{1 << 16, MinSize, "would take more than a quarter of the 1048576-byte zone; give at most 4096"},
+	} {
+		if err := ValidateUniqueKeys(tt.keys, tt.size); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%d keys in %d bytes: %v, want %q", tt.keys, tt.size, err, tt.want)
+		}
 	}
 }
