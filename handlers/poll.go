@@ -58,7 +58,9 @@ const (
 // as JSON, valid UTF-8 text as a string, anything else as the string of its
 // base64 with "data_encoding":"base64". An answer holds at most `limit`
 // events and about `max_bytes` of payload (the first event whatever its
-// size), read and written one at a time.
+// size), read and written one at a time. In both, a payload in a blob file
+// (over 64 KiB) is written from the file 64 KiB at a time, never held
+// whole, and max_bytes counts its size.
 //
 // The reserved sources (ipcbus, ipcbus.*, and those of ipcbus_forward,
 // "caddy" by default) are served only where the configured sources name
@@ -390,7 +392,8 @@ func writePage(w io.Writer, p reader, first *event, next, lost uint64, limit int
 
 // WritePage answers with a page of the events after since, as GET
 // /ipcbus/events does: at most limit events and about maxBytes of payload
-// (at least one event), read and written one at a time.
+// (at least one event), read and written one at a time, a payload in a
+// blob file streamed from the file.
 func WritePage(w http.ResponseWriter, bus *events.Bus, since uint64, limit int, maxBytes int64) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
