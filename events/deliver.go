@@ -2,8 +2,6 @@ package events
 
 import (
 	"encoding/json"
-	"errors"
-	"io/fs"
 	"runtime/debug"
 	"time"
 
@@ -121,19 +119,7 @@ func (b *Bus) payloadOf(rec zone.Record, e encoded) ([]byte, bool) {
 	name := string(e.payload)
 	data, err := b.z.ReadBlob(name, b.o.MaxPayload)
 	if err != nil {
-		b.st.blobErrors.Add(1)
-		if blobLogs.first(b.z.Path() + "\x00" + name) {
-			fields := []zap.Field{zap.Uint64("seq", rec.Seq), zap.String("source", e.source), zap.String("event", e.event), zap.Error(err)}
-			var be *zone.BlobError
-			if errors.As(err, &be) {
-				fields = append(fields, zap.String("path", be.Path))
-			}
-			if errors.Is(err, fs.ErrNotExist) {
-				b.log.Warn("event payload lost: its blob file was removed (blob files are kept for the blob TTL, a minute); logged once per blob", fields...)
-			} else {
-				b.log.Error("event payload lost: its blob file cannot be read; logged once per blob", fields...)
-			}
-		}
+		b.blobLost(rec, e, name, err)
 		return nil, false
 	}
 	b.st.blobsRead.Add(1)

@@ -24,6 +24,10 @@ type Event struct {
 	// Data is the payload exactly as posted: the bytes given, or the JSON
 	// encoding of the value given.
 	Data []byte
+	// Blob is set, with Data nil, when the event comes from RangeRefs or a
+	// Follower with BlobRefs and its payload is in a blob file: read it
+	// with Blob.Open. Handlers never get one.
+	Blob *Blob
 	// JSON reports whether Data holds JSON (a value was posted, or json.RawMessage).
 	JSON bool
 	// Value is the value given to PostLocal, by reference; nil for shared events.

@@ -15,7 +15,13 @@ type Follower struct {
 	z          *zone.Zone
 	rd         *zone.Reader
 	maxPayload int64
+	refs       bool
 }
+
+// SetBlobRefs makes Next give an event whose payload is in a blob file as
+// a reference (Event.Blob, Data nil) to stream from, the file opened only
+// to check it is there, instead of reading it whole.
+func (f *Follower) SetBlobRefs(on bool) { f.refs = on }
 
 // NewFollower follows the events of z from sequence since (the ring's
 // Tail for "from now"; an older one reads what the ring still holds).
@@ -40,13 +46,21 @@ func (f *Follower) Next(timeout time.Duration) (ev Event, loss Loss, ok bool) {
 				return Event{}, Loss{From: rec.Seq, Count: 1, Reason: "malformed"}, false
 			}
 			data := e.payload
-			if e.flags&flagBlob != 0 {
+			var blob *Blob
+			if e.flags&flagBlob != 0 && f.refs {
+				bf, size, err := f.z.OpenBlob(string(e.payload), f.maxPayload)
+				if err != nil {
+					return Event{}, Loss{From: rec.Seq, Count: 1, Reason: "gap"}, false
+				}
+				bf.Close()
+				blob, data = &Blob{Name: string(e.payload), Size: size, z: f.z, max: f.maxPayload}, nil
+			} else if e.flags&flagBlob != 0 {
 				if data, err = f.z.ReadBlob(string(e.payload), f.maxPayload); err != nil {
 					return Event{}, Loss{From: rec.Seq, Count: 1, Reason: "gap"}, false
 				}
 			}
 			return Event{
-				Seq: rec.Seq, Source: e.source, Name: e.event, Data: bytes.Clone(data),
+				Seq: rec.Seq, Source: e.source, Name: e.event, Data: bytes.Clone(data), Blob: blob,
 				JSON: e.flags&flagJSON != 0, PID: int(rec.PID), Generation: int(rec.Gen),
 				Unique: e.unique, Time: time.Unix(0, rec.Time),
 			}, Loss{}, true

@@ -20,6 +20,20 @@ func (b *Bus) Range(since uint64, limit int) ([]Event, uint64, uint64) {
 // is true (nil keeps all); the others are skipped before their payload is
 // read. After Detach it returns nothing.
 func (b *Bus) RangeFunc(since uint64, limit int, keep func(source, name string) bool) ([]Event, uint64, uint64) {
+	return b.rangeEvents(since, limit, keep, false)
+}
+
+// RangeRefs is RangeFunc giving an event whose payload is in a blob file
+// (over 64 KiB) as a reference to stream from: Blob set (its name and
+// size) and Data nil, the file opened only to check it is there (a blob
+// removed meanwhile counts as lost, as with RangeFunc). Inline payloads
+// come as with RangeFunc. It is how HTTP pages and streams read the bus
+// without holding a large payload whole.
+func (b *Bus) RangeRefs(since uint64, limit int, keep func(source, name string) bool) ([]Event, uint64, uint64) {
+	return b.rangeEvents(since, limit, keep, true)
+}
+
+func (b *Bus) rangeEvents(since uint64, limit int, keep func(source, name string) bool, refs bool) ([]Event, uint64, uint64) {
 	b.rmu.RLock()
 	defer b.rmu.RUnlock()
 	if b.shut {
@@ -43,6 +57,17 @@ func (b *Bus) RangeFunc(since uint64, limit int, keep func(source, name string) 
 				continue
 			}
 			if keep != nil && !keep(e.source, e.event) {
+				continue
+			}
+			if refs && e.flags&flagBlob != 0 {
+				blob, ok := b.blobRef(rec, e)
+				if !ok {
+					lost++
+					continue
+				}
+				ev := b.event(rec, e, nil)
+				ev.Blob = blob
+				out = append(out, ev)
 				continue
 			}
 			data, ok := b.payloadOf(rec, e)

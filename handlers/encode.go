@@ -7,14 +7,18 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
-
-	"github.com/ipcbus/caddy-ipcbus/events"
 )
 
-// writeEventJSON writes an event as the JSON object of EventJSON, payload
-// streamed from the event without another copy of it: JSON as it was
-// posted, text escaped, binary in base64 with "data_encoding":"base64".
-func writeEventJSON(w *bufio.Writer, e *events.Event) error {
+// writeEventJSON writes an event as the JSON object of EventJSON, its
+// payload streamed without another copy of it (a blob's from its file, a
+// piece at a time): JSON as it was posted, text escaped, binary in base64
+// with "data_encoding":"base64". A blob that cannot be read fails it
+// midway.
+func writeEventJSON(w *bufio.Writer, e *event) error {
+	kind, err := e.kind()
+	if err != nil {
+		return err
+	}
 	var sb [512]byte
 	b := append(sb[:0], `{"seq":`...)
 	b = strconv.AppendUint(b, e.Seq, 10)
@@ -24,20 +28,24 @@ func writeEventJSON(w *bufio.Writer, e *events.Event) error {
 	b = appendJSONString(b, e.Name)
 	b = append(b, `,"data":`...)
 	w.Write(b)
-	kind := dataKind(e)
 	switch kind {
 	case kindNull:
 		w.WriteString("null")
 	case kindJSON:
-		w.Write(e.Data)
+		err = e.pieces(false, func(p []byte) { w.Write(p) })
 	case kindText:
-		writeJSONText(w, e.Data)
+		w.WriteByte('"')
+		err = e.pieces(true, func(p []byte) { writeJSONText(w, p) })
+		w.WriteByte('"')
 	case kindBinary:
 		w.WriteByte('"')
 		enc := base64.NewEncoder(base64.StdEncoding, w)
-		enc.Write(e.Data)
+		err = e.pieces(false, func(p []byte) { enc.Write(p) })
 		enc.Close()
 		w.WriteByte('"')
+	}
+	if err != nil {
+		return err
 	}
 	b = sb[:0]
 	if kind == kindBinary {
@@ -55,13 +63,13 @@ func writeEventJSON(w *bufio.Writer, e *events.Event) error {
 		b = appendJSONString(b, e.Unique)
 	}
 	b = append(b, '}')
-	_, err := w.Write(b)
+	_, err = w.Write(b)
 	return err
 }
 
-// writeJSONText writes valid UTF-8 text as a JSON string, a piece at a time.
+// writeJSONText writes valid UTF-8 text escaped for a JSON string (without
+// its quotes), a piece at a time.
 func writeJSONText(w *bufio.Writer, data []byte) {
-	w.WriteByte('"')
 	var sb [4096 + 16]byte
 	for len(data) > 0 {
 		b := sb[:0]
@@ -75,7 +83,6 @@ func writeJSONText(w *bufio.Writer, data []byte) {
 		}
 		w.Write(b)
 	}
-	w.WriteByte('"')
 }
 
 // appendJSONString appends s as a JSON string, escaped as encoding/json
@@ -166,8 +173,10 @@ func (d *sseData) end() error {
 }
 
 // writeSSE writes one event: its id, its name, and its payload (or, with
-// envelope, the event's JSON object) as data lines.
-func writeSSE(w *bufio.Writer, e *events.Event, envelope bool) error {
+// envelope, the event's JSON object) as data lines, a blob's a piece at a
+// time from its file. It fails only when the payload cannot be read: the
+// event is then cut short, and the stream must end.
+func writeSSE(w *bufio.Writer, e *event, envelope bool) error {
 	var sb [300]byte
 	b := append(sb[:0], "id: "...)
 	b = strconv.AppendUint(b, e.Seq, 10)
@@ -182,12 +191,17 @@ func writeSSE(w *bufio.Writer, e *events.Event, envelope bool) error {
 	b = append(b, '\n')
 	w.Write(b)
 	d := &sseData{w: w}
+	var err error
 	if envelope {
 		bw := bufio.NewWriterSize(d, 4096)
-		writeEventJSON(bw, e)
+		err = writeEventJSON(bw, e)
 		bw.Flush()
 	} else {
-		d.Write(e.Data)
+		err = e.pieces(false, func(p []byte) { d.Write(p) })
 	}
-	return d.end()
+	if err != nil {
+		return err
+	}
+	d.end() // a failed write shows in the flush
+	return nil
 }

@@ -58,7 +58,9 @@ const (
 // as JSON, valid UTF-8 text as a string, anything else as the string of its
 // base64 with "data_encoding":"base64". An answer holds at most `limit`
 // events and about `max_bytes` of payload (the first event whatever its
-// size), read and written one at a time.
+// size), read and written one at a time. In both, a payload in a blob file
+// (over 64 KiB) is written from the file 64 KiB at a time, never held
+// whole, and max_bytes counts its size.
 //
 // The reserved sources (ipcbus, ipcbus.*, and those of ipcbus_forward,
 // "caddy" by default) are served only where the configured sources name
@@ -320,42 +322,59 @@ func parseTimeout(v string) (time.Duration, error) {
 	return caddy.ParseDuration(v)
 }
 
-// reader reads a bus one event at a time, so that at most one payload (a
-// blob's included) is held by a request at once.
+// reader reads a bus one event at a time, a payload in a blob file as its
+// open file (events.Bus.RangeRefs), so that a request holds at most one
+// payload at once, and never a large one whole.
 type reader struct {
 	bus  *events.Bus
 	keep func(source, name string) bool
 }
 
-func (p reader) read(since uint64) (*events.Event, uint64, uint64) {
-	evs, next, lost := p.bus.RangeFunc(since, 1, p.keep)
-	if len(evs) == 0 {
-		return nil, next, lost
+// read returns the next event after since (nil if none yet; the caller
+// closes it), the sequence to read next, and how many events were lost
+// (a blob removed before it could be opened among them).
+func (p reader) read(since uint64) (*event, uint64, uint64) {
+	var lost uint64
+	for {
+		evs, next, l := p.bus.RangeRefs(since, 1, p.keep)
+		lost += l
+		if len(evs) == 0 {
+			return nil, next, lost
+		}
+		ev, err := openEvent(&evs[0])
+		if err == nil {
+			return ev, next, lost
+		}
+		lost++ // removed since RangeRefs saw it
+		since = next
 	}
-	return &evs[0], next, lost
 }
 
 // writePage writes a page, {"events":[…],"next":N,"lost":L}, one event at
 // a time: first (if any), then what p reads from next on, until limit
 // events, about maxBytes of payload (an event that would pass it waits
 // for the next page, unless it is the first), or the end of the ring.
-func writePage(w io.Writer, p reader, first *events.Event, next, lost uint64, limit int, maxBytes int64) error {
+// It closes the events it writes or leaves.
+func writePage(w io.Writer, p reader, first *event, next, lost uint64, limit int, maxBytes int64) error {
 	bw := bufio.NewWriterSize(w, 16<<10)
 	bw.WriteString(`{"events":[`)
 	n, size := 0, int64(0)
 	for ev := first; ev != nil; {
-		if n > 0 && size+int64(len(ev.Data)) > maxBytes {
+		if n > 0 && size+ev.size() > maxBytes {
+			ev.close()
 			next = ev.Seq // read again by the next page
 			break
 		}
 		if n > 0 {
 			bw.WriteByte(',')
 		}
-		if err := writeEventJSON(bw, ev); err != nil {
+		err := writeEventJSON(bw, ev)
+		ev.close()
+		if err != nil {
 			return err
 		}
 		n++
-		size += int64(len(ev.Data))
+		size += ev.size()
 		if n >= limit || size >= maxBytes {
 			break
 		}
@@ -373,7 +392,8 @@ func writePage(w io.Writer, p reader, first *events.Event, next, lost uint64, li
 
 // WritePage answers with a page of the events after since, as GET
 // /ipcbus/events does: at most limit events and about maxBytes of payload
-// (at least one event), read and written one at a time.
+// (at least one event), read and written one at a time, a payload in a
+// blob file streamed from the file.
 func WritePage(w http.ResponseWriter, bus *events.Bus, since uint64, limit int, maxBytes int64) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -387,14 +407,16 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, bus *events.Bus,
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	p := reader{bus: bus, keep: f.match}
-	var ev *events.Event
+	var ev *event
 	var lost uint64
 	answer := func() {
 		dw, done := newDeadlineWriter(w, time.Duration(h.WriteTimeout), nil)
 		defer done()
 		w.WriteHeader(http.StatusOK)
-		if writePage(dw, p, ev, since, lost, limit, h.MaxBytes) == nil {
+		if err := writePage(dw, p, ev, since, lost, limit, h.MaxBytes); err == nil {
 			_ = dw.Flush()
+		} else if dw.err == nil { // not the client: a payload that could not be read
+			h.logger.Warn("a long-poll answer was cut short: an event's payload could not be read", zap.Error(err))
 		}
 		if dw.dropped() {
 			h.logger.Debug("dropped a long-poll client that did not read", zap.String("remote", r.RemoteAddr), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
@@ -475,9 +497,14 @@ func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f
 			if ev == nil {
 				break
 			}
-			writeSSE(bw, ev, h.Envelope)
+			err := writeSSE(bw, ev, h.Envelope)
+			ev.close()
+			if err != nil {
+				h.logger.Warn("ending a stream: an event's payload could not be read", zap.Uint64("seq", ev.Seq), zap.Error(err))
+				return
+			}
 			n++
-			size += int64(len(ev.Data))
+			size += ev.size()
 		}
 		if bw.Buffered() > 0 || n > 0 {
 			if bw.Flush() != nil || dw.Flush() != nil {

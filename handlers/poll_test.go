@@ -18,7 +18,7 @@ func TestWriteSSE(t *testing.T) {
 	} {
 		var b bytes.Buffer
 		bw := bufio.NewWriter(&b)
-		writeSSE(bw, &events.Event{Seq: 7, Name: "e", Data: []byte(c.data)}, false)
+		writeSSE(bw, &event{Event: &events.Event{Seq: 7, Name: "e", Data: []byte(c.data)}}, false)
 		bw.Flush()
 		if b.String() != c.want {
 			t.Errorf("%q: %q, want %q", c.data, b.String(), c.want)

@@ -75,7 +75,7 @@ func TestWriteEventJSON(t *testing.T) {
 	} {
 		var b bytes.Buffer
 		bw := bufio.NewWriter(&b)
-		if err := writeEventJSON(bw, &e); err != nil {
+		if err := writeEventJSON(bw, &event{Event: &e}); err != nil {
 			t.Fatal(err)
 		}
 		bw.Flush()

@@ -1,0 +1,147 @@
+package handlers
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/ipcbus/caddy-ipcbus/events"
+)
+
+// event is an event as pages and streams write it: its payload in memory
+// (Event.Data, at most what the ring carries) or in its blob file, open
+// and read a piece at a time, so that a request never holds a large
+// payload whole. close gives the file back.
+type event struct {
+	*events.Event
+	f *os.File // the blob's, when Event.Blob is set
+}
+
+// openEvent opens the blob of e, if it has one. A blob removed since it
+// was read fails (the caller counts it lost).
+func openEvent(e *events.Event) (*event, error) {
+	ev := &event{Event: e}
+	if e.Blob != nil {
+		f, err := e.Blob.Open()
+		if err != nil {
+			return nil, err
+		}
+		ev.f = f
+	}
+	return ev, nil
+}
+
+func (e *event) close() {
+	if e != nil && e.f != nil {
+		e.f.Close()
+		e.f = nil
+	}
+}
+
+// size is the payload's length: what max_bytes counts.
+func (e *event) size() int64 {
+	if e.Blob != nil {
+		return e.Blob.Size
+	}
+	return int64(len(e.Data))
+}
+
+// chunks hands out the buffers a blob is read into, one per writer at a
+// time.
+var chunks = sync.Pool{New: func() any { b := make([]byte, writeChunk); return &b }}
+
+// pieces calls fn with the payload in order, a piece at a time: Data at
+// once, a blob writeChunk bytes at a time from one pooled buffer (fn must
+// not keep a piece). With runes, a piece never ends inside a UTF-8
+// sequence (but at the end), so that text is escaped exactly as whole.
+func (e *event) pieces(runes bool, fn func([]byte)) error {
+	if e.f == nil {
+		fn(e.Data)
+		return nil
+	}
+	bp := chunks.Get().(*[]byte)
+	defer chunks.Put(bp)
+	buf := *bp
+	r := io.NewSectionReader(e.f, 0, e.Blob.Size)
+	var total int64
+	carry := 0
+	for {
+		n, err := io.ReadFull(r, buf[carry:])
+		total += int64(n)
+		n += carry
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			if n > 0 {
+				fn(buf[:n])
+			}
+			if total != e.Blob.Size {
+				return fmt.Errorf("reading blob %s: it ended after %d of its %d bytes", e.Blob.Name, total, e.Blob.Size)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading blob %s: %w", e.Blob.Name, err)
+		}
+		cut := n
+		if runes {
+			cut = runeCut(buf[:n])
+		}
+		fn(buf[:cut])
+		carry = copy(buf, buf[cut:n])
+	}
+}
+
+// runeCut is where to end a piece of b so that no UTF-8 sequence is cut:
+// before a sequence at its end that needs more bytes than b holds.
+func runeCut(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax+1; i-- {
+		c := b[i]
+		if c&0xc0 == 0x80 {
+			continue // a continuation byte: look further back
+		}
+		need := 1
+		switch {
+		case c >= 0xf0:
+			need = 4
+		case c >= 0xe0:
+			need = 3
+		case c >= 0xc0:
+			need = 2
+		}
+		if len(b)-i < need {
+			return i
+		}
+		return len(b)
+	}
+	return len(b)
+}
+
+// kind is how the payload is carried in JSON (see dataKind); a blob is
+// read for it, a piece at a time, without being held.
+func (e *event) kind() (int, error) {
+	if e.f == nil {
+		return dataKind(e.Event), nil
+	}
+	if e.JSON && e.Blob.Size == 0 {
+		return kindNull, nil
+	}
+	if e.JSON {
+		ok, err := events.ValidJSON(io.NewSectionReader(e.f, 0, e.Blob.Size))
+		if err != nil {
+			return 0, fmt.Errorf("reading blob %s: %w", e.Blob.Name, err)
+		}
+		if ok {
+			return kindJSON, nil
+		}
+	}
+	valid := true
+	err := e.pieces(true, func(p []byte) { valid = valid && utf8.Valid(p) })
+	if err != nil {
+		return 0, err
+	}
+	if valid {
+		return kindText, nil
+	}
+	return kindBinary, nil
+}
