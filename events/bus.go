@@ -173,14 +173,22 @@ type Bus struct {
 	started   bool
 	closed    bool
 
-	stop     atomic.Bool
-	done     chan struct{}
-	rmu      sync.RWMutex // posts and pollers hold it to use the zone
-	shut     bool         // set under rmu by Detach
-	watched  atomic.Bool  // someone waits on Changed
-	nmu      sync.Mutex
-	notify   chan struct{}
+	stop    atomic.Bool
+	done    chan struct{}
+	rmu     sync.RWMutex // posts and pollers hold it to use the zone
+	shut    bool         // set under rmu by Detach
+	watched atomic.Bool  // someone waits on Changed
+	nmu     sync.Mutex
+	notify  chan struct{}
+	// loopGID is the delivery goroutine's id, and handling is set while
+	// one of its handlers runs: Poll from a handler must fail, not wait for
+	// itself. Nothing but the goroutine's id tells a handler's Poll from
+	// another goroutine's made meanwhile (which must wait): a handler gets
+	// its *Event, but Poll is a Bus method any code it calls may reach. So
+	// the id, read once by the loop, is compared only while a handler runs:
+	// Poll parses its own stack then only (internal/goid), never on posts.
 	loopGID  atomic.Uint64
+	handling atomic.Bool
 	handled  atomic.Uint64 // the next sequence to handle
 	st       counters
 	unblock  chan struct{}
@@ -541,7 +549,7 @@ func (b *Bus) enqueue(it localItem) error {
 func (b *Bus) Poll() error { return b.pollTimeout(-1) }
 
 func (b *Bus) pollTimeout(d time.Duration) error {
-	if b.loopGID.Load() == goid.Get() {
+	if b.handling.Load() && b.loopGID.Load() == goid.Get() {
 		return ErrRecursive
 	}
 	b.mu.Lock()

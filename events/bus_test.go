@@ -195,6 +195,38 @@ func TestPollRecursive(t *testing.T) {
 	}
 }
 
+// TestPollWhileHandlerRuns: Poll from another goroutine while a handler
+// runs waits for it (only the handler's own Poll is recursive).
+func TestPollWhileHandlerRuns(t *testing.T) {
+	z := openZone(t, zone.MinSize)
+	b := newBus(t, z, 1)
+	running, release := make(chan struct{}), make(chan struct{})
+	b.Register(func(e *Event) { close(running); <-release }, "s", "slow")
+	start(t, b)
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	if _, err := b.Post("s", "slow", nil); err != nil {
+		t.Fatal(err)
+	}
+	<-running
+	errc := make(chan error, 1)
+	go func() { errc <- b.Poll() }()
+	select {
+	case err := <-errc:
+		t.Fatalf("Poll returned while the handler ran: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	released = true
+	close(release)
+	if err := <-errc; err != nil {
+		t.Fatalf("Poll after the handler returned: %v", err)
+	}
+}
+
 // TestUnique: decided at post time; handled by exactly one worker; posted
 // again after the timeout.
 func TestUnique(t *testing.T) {
