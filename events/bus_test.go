@@ -268,6 +268,44 @@ func TestUnique(t *testing.T) {
 	}
 }
 
+// TestUniqueTableFull: unique posts refused for a full run-once key table
+// (Post and PostReader) are counted in unique_table_full, not as other
+// post errors or duplicates.
+func TestUniqueTableFull(t *testing.T) {
+	z := openZone(t, zone.MinSize)
+	b := newBus(t, z, 1, func(o *Options) { o.UniqueTimeout = time.Minute })
+	start(t, b)
+	var refused [2]uint64 // by Post, by PostReader
+	for i := 0; i < 2*zone.UniqueSlots; i++ {
+		key := Unique(fmt.Sprintf("k%d", i))
+		var err error
+		if i%2 == 0 {
+			_, err = b.Post("u", "job", nil, key)
+		} else {
+			_, err = b.PostReader("u", "job", strings.NewReader("x"), 1, key)
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, zone.ErrUniqueTableFull):
+			refused[i%2]++
+		default:
+			t.Fatalf("post %d: %v", i, err)
+		}
+	}
+	if refused[0] == 0 || refused[1] == 0 {
+		t.Fatalf("refusals for a full table: %v by Post and PostReader, want some of each", refused)
+	}
+	st := b.Stats()
+	if st.UniqueTableFull != refused[0]+refused[1] || st.PostErrors != 0 || st.Duplicates != 0 {
+		t.Fatalf("unique_table_full %d (refused %d), post_errors %d, duplicates %d", st.UniqueTableFull, refused[0]+refused[1], st.PostErrors, st.Duplicates)
+	}
+	var sum Stats
+	sum.Add(st)
+	if sum.UniqueTableFull != st.UniqueTableFull {
+		t.Fatalf("Stats.Add: unique_table_full %d", sum.UniqueTableFull)
+	}
+}
+
 // TestDispatchOrder: catch-all, then source, then source+event, in
 // registration order; Unregister removes exactly one registration.
 func TestDispatchOrder(t *testing.T) {
