@@ -57,6 +57,9 @@ var metricDescs = []metricDesc{
 		return float64(s.report.Events.LostOverrun + s.report.Events.LostGap)
 	}),
 	counter("events_duplicates_total", "Unique posts refused as duplicates.", func(s *snapshotForMetrics) float64 { return float64(s.report.Events.Duplicates) }),
+	counter("events_unique_table_full_total", "Unique posts refused because the zone's run-once key table was full.", func(s *snapshotForMetrics) float64 {
+		return float64(s.report.Events.UniqueTableFull)
+	}),
 	counter("handler_panics_total", "Event handler panics recovered.", func(s *snapshotForMetrics) float64 { return float64(s.report.Events.HandlerPanics) }),
 	counter("alerts_sent_total", "Alerts this process sent (Send and Broadcast).", func(s *snapshotForMetrics) float64 {
 		return float64(s.report.Alerts.Sent + s.report.Alerts.Broadcasts)

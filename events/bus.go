@@ -112,20 +112,23 @@ type Loss struct {
 
 // Stats are a bus's counters.
 type Stats struct {
-	Posted        uint64 `json:"posted"`
-	PostedLocal   uint64 `json:"posted_local"`
-	PostErrors    uint64 `json:"post_errors"`
-	Duplicates    uint64 `json:"duplicates"`
-	Delivered     uint64 `json:"delivered"`
-	HandlerCalls  uint64 `json:"handler_calls"`
-	HandlerPanics uint64 `json:"handler_panics"`
-	UniqueSkipped uint64 `json:"unique_skipped"`
-	LostOverrun   uint64 `json:"lost_overrun"`
-	LostGap       uint64 `json:"lost_gap"`
-	Malformed     uint64 `json:"malformed"`
-	BlobsWritten  uint64 `json:"blobs_written"`
-	BlobsRead     uint64 `json:"blobs_read"`
-	BlobErrors    uint64 `json:"blob_errors"`
+	Posted      uint64 `json:"posted"`
+	PostedLocal uint64 `json:"posted_local"`
+	PostErrors  uint64 `json:"post_errors"`
+	Duplicates  uint64 `json:"duplicates"`
+	// UniqueTableFull counts unique posts refused because the zone's
+	// run-once key table was full (zone.ErrUniqueTableFull; HTTP 503).
+	UniqueTableFull uint64 `json:"unique_table_full"`
+	Delivered       uint64 `json:"delivered"`
+	HandlerCalls    uint64 `json:"handler_calls"`
+	HandlerPanics   uint64 `json:"handler_panics"`
+	UniqueSkipped   uint64 `json:"unique_skipped"`
+	LostOverrun     uint64 `json:"lost_overrun"`
+	LostGap         uint64 `json:"lost_gap"`
+	Malformed       uint64 `json:"malformed"`
+	BlobsWritten    uint64 `json:"blobs_written"`
+	BlobsRead       uint64 `json:"blobs_read"`
+	BlobErrors      uint64 `json:"blob_errors"`
 	// BlobQuotaExceeded counts posts refused because their payload would
 	// have taken the zone's blob files over the blob quota.
 	BlobQuotaExceeded uint64 `json:"blob_quota_exceeded"`
@@ -138,6 +141,7 @@ func (s *Stats) Add(o Stats) {
 	s.PostedLocal += o.PostedLocal
 	s.PostErrors += o.PostErrors
 	s.Duplicates += o.Duplicates
+	s.UniqueTableFull += o.UniqueTableFull
 	s.Delivered += o.Delivered
 	s.HandlerCalls += o.HandlerCalls
 	s.HandlerPanics += o.HandlerPanics
@@ -173,14 +177,22 @@ type Bus struct {
 	started   bool
 	closed    bool
 
-	stop     atomic.Bool
-	done     chan struct{}
-	rmu      sync.RWMutex // posts and pollers hold it to use the zone
-	shut     bool         // set under rmu by Detach
-	watched  atomic.Bool  // someone waits on Changed
-	nmu      sync.Mutex
-	notify   chan struct{}
+	stop    atomic.Bool
+	done    chan struct{}
+	rmu     sync.RWMutex // posts and pollers hold it to use the zone
+	shut    bool         // set under rmu by Detach
+	watched atomic.Bool  // someone waits on Changed
+	nmu     sync.Mutex
+	notify  chan struct{}
+	// loopGID is the delivery goroutine's id, and handling is set while
+	// one of its handlers runs: Poll from a handler must fail, not wait for
+	// itself. Nothing but the goroutine's id tells a handler's Poll from
+	// another goroutine's made meanwhile (which must wait): a handler gets
+	// its *Event, but Poll is a Bus method any code it calls may reach. So
+	// the id, read once by the loop, is compared only while a handler runs:
+	// Poll parses its own stack then only (internal/goid), never on posts.
 	loopGID  atomic.Uint64
+	handling atomic.Bool
 	handled  atomic.Uint64 // the next sequence to handle
 	st       counters
 	unblock  chan struct{}
@@ -188,7 +200,7 @@ type Bus struct {
 }
 
 type counters struct {
-	posted, postedLocal, postErrors, duplicates, delivered, calls, panics, uniqueSkipped,
+	posted, postedLocal, postErrors, duplicates, uniqueFull, delivered, calls, panics, uniqueSkipped,
 	lostOverrun, lostGap, malformed, blobsWritten, blobsRead, blobErrors, blobQuota, localFull atomic.Uint64
 }
 
@@ -411,11 +423,7 @@ func payload(data any) ([]byte, bool, error) {
 func (b *Bus) Post(source, event string, data any, opts ...PostOption) (uint64, error) {
 	seq, err := b.post(source, event, data, opts)
 	if err != nil {
-		if errors.Is(err, ErrDuplicate) {
-			b.st.duplicates.Add(1)
-		} else {
-			b.st.postErrors.Add(1)
-		}
+		b.countRefusal(err)
 		return 0, fmt.Errorf("failed posting event %q by %q; %w", event, source, err)
 	}
 	b.st.posted.Add(1)
@@ -541,7 +549,7 @@ func (b *Bus) enqueue(it localItem) error {
 func (b *Bus) Poll() error { return b.pollTimeout(-1) }
 
 func (b *Bus) pollTimeout(d time.Duration) error {
-	if b.loopGID.Load() == goid.Get() {
+	if b.handling.Load() && b.loopGID.Load() == goid.Get() {
 		return ErrRecursive
 	}
 	b.mu.Lock()
@@ -572,11 +580,26 @@ func (b *Bus) Stats() Stats {
 	c := &b.st
 	return Stats{
 		Posted: c.posted.Load(), PostedLocal: c.postedLocal.Load(), PostErrors: c.postErrors.Load(),
-		Duplicates: c.duplicates.Load(), Delivered: c.delivered.Load(), HandlerCalls: c.calls.Load(),
+		Duplicates: c.duplicates.Load(), UniqueTableFull: c.uniqueFull.Load(), Delivered: c.delivered.Load(), HandlerCalls: c.calls.Load(),
 		HandlerPanics: c.panics.Load(), UniqueSkipped: c.uniqueSkipped.Load(), LostOverrun: c.lostOverrun.Load(),
 		LostGap: c.lostGap.Load(), Malformed: c.malformed.Load(), BlobsWritten: c.blobsWritten.Load(),
 		BlobsRead: c.blobsRead.Load(), BlobErrors: c.blobErrors.Load(), BlobQuotaExceeded: c.blobQuota.Load(),
 		LocalQueueFull: c.localFull.Load(),
+	}
+}
+
+// countRefusal counts a failed post: a duplicate, a full run-once key
+// table (logged at the 1st, 2nd, 4th, 8th... time), or another error.
+func (b *Bus) countRefusal(err error) {
+	switch {
+	case errors.Is(err, ErrDuplicate):
+		b.st.duplicates.Add(1)
+	case errors.Is(err, zone.ErrUniqueTableFull):
+		if n := b.st.uniqueFull.Add(1); n&(n-1) == 0 {
+			b.log.Warn("unique post refused: the run-once key table is full", zap.Uint64("refused", n))
+		}
+	default:
+		b.st.postErrors.Add(1)
 	}
 }
 

@@ -195,6 +195,38 @@ func TestPollRecursive(t *testing.T) {
 	}
 }
 
+// TestPollWhileHandlerRuns: Poll from another goroutine while a handler
+// runs waits for it (only the handler's own Poll is recursive).
+func TestPollWhileHandlerRuns(t *testing.T) {
+	z := openZone(t, zone.MinSize)
+	b := newBus(t, z, 1)
+	running, release := make(chan struct{}), make(chan struct{})
+	b.Register(func(e *Event) { close(running); <-release }, "s", "slow")
+	start(t, b)
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	if _, err := b.Post("s", "slow", nil); err != nil {
+		t.Fatal(err)
+	}
+	<-running
+	errc := make(chan error, 1)
+	go func() { errc <- b.Poll() }()
+	select {
+	case err := <-errc:
+		t.Fatalf("Poll returned while the handler ran: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	released = true
+	close(release)
+	if err := <-errc; err != nil {
+		t.Fatalf("Poll after the handler returned: %v", err)
+	}
+}
+
 // TestUnique: decided at post time; handled by exactly one worker; posted
 // again after the timeout.
 func TestUnique(t *testing.T) {
@@ -233,6 +265,44 @@ func TestUnique(t *testing.T) {
 	}
 	if _, ok := handled.Load("second"); ok {
 		t.Fatal("the duplicate was handled")
+	}
+}
+
+// TestUniqueTableFull: unique posts refused for a full run-once key table
+// (Post and PostReader) are counted in unique_table_full, not as other
+// post errors or duplicates.
+func TestUniqueTableFull(t *testing.T) {
+	z := openZone(t, zone.MinSize)
+	b := newBus(t, z, 1, func(o *Options) { o.UniqueTimeout = time.Minute })
+	start(t, b)
+	var refused [2]uint64 // by Post, by PostReader
+	for i := 0; i < 2*zone.DefaultUniqueKeys; i++ {
+		key := Unique(fmt.Sprintf("k%d", i))
+		var err error
+		if i%2 == 0 {
+			_, err = b.Post("u", "job", nil, key)
+		} else {
+			_, err = b.PostReader("u", "job", strings.NewReader("x"), 1, key)
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, zone.ErrUniqueTableFull):
+			refused[i%2]++
+		default:
+			t.Fatalf("post %d: %v", i, err)
+		}
+	}
+	if refused[0] == 0 || refused[1] == 0 {
+		t.Fatalf("refusals for a full table: %v by Post and PostReader, want some of each", refused)
+	}
+	st := b.Stats()
+	if st.UniqueTableFull != refused[0]+refused[1] || st.PostErrors != 0 || st.Duplicates != 0 {
+		t.Fatalf("unique_table_full %d (refused %d), post_errors %d, duplicates %d", st.UniqueTableFull, refused[0]+refused[1], st.PostErrors, st.Duplicates)
+	}
+	var sum Stats
+	sum.Add(st)
+	if sum.UniqueTableFull != st.UniqueTableFull {
+		t.Fatalf("Stats.Add: unique_table_full %d", sum.UniqueTableFull)
 	}
 }
 

@@ -182,7 +182,9 @@ func (b *Bus) dispatch(ev *Event) {
 
 func (b *Bus) call(h *entry, ev *Event) {
 	b.st.calls.Add(1)
+	b.handling.Store(true)
 	defer func() {
+		b.handling.Store(false)
 		if p := recover(); p != nil {
 			b.st.panics.Add(1)
 			b.log.Error("event handler panicked", zap.String("source", ev.Source), zap.String("event", ev.Name),

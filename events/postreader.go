@@ -30,11 +30,7 @@ import (
 func (b *Bus) PostReader(source, event string, r io.Reader, size int64, opts ...PostOption) (uint64, error) {
 	seq, err := b.postReader(source, event, r, size, opts)
 	if err != nil {
-		if errors.Is(err, ErrDuplicate) {
-			b.st.duplicates.Add(1)
-		} else {
-			b.st.postErrors.Add(1)
-		}
+		b.countRefusal(err)
 		return 0, fmt.Errorf("failed posting event %q by %q; %w", event, source, err)
 	}
 	b.st.posted.Add(1)

@@ -351,6 +351,9 @@ func TestBroadcastServeHTTP(t *testing.T) {
 		if !full {
 			t.Fatal("the unique key table never filled")
 		}
+		if n := app.bus.Stats().UniqueTableFull; n != 1 {
+			t.Fatalf("unique_table_full %d after one refusal, want 1", n)
+		}
 	})
 }
 

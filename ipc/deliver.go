@@ -9,7 +9,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ipcbus/caddy-ipcbus/internal/goid"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
@@ -77,17 +76,26 @@ func (c *IPC) rewinding() bool {
 	return c.rewind
 }
 
+// publish makes next known to a newer worker of this process and, while
+// the IPC is open, to senders (the slot's cursor). Once stopped, the
+// cursor stays as Close left it: a Close that did not wait for a running
+// handler has already cleared it, and the loop must not set it again.
 func (c *IPC) publish(next uint64) {
 	c.next.Store(next)
-	if i := c.slot.Load(); i >= 0 {
+	if i := c.slot.Load(); i >= 0 && !c.stop.Load() {
 		c.z.Worker(int(i)).AlertCursor.Store(next + 1)
 	}
 }
 
 // Close stops delivery. If this IPC handled the process's alerts while an
 // older one still runs (a rolled-back reload), the older one takes them
-// back from where this one stopped. Called from one of this IPC's own
-// handlers, it stops delivery without waiting for the handler to return.
+// back from where this one stopped. No handler starts after Close returns.
+// When no handler runs, Close waits for the delivery goroutine to end; while
+// one runs, Close does not wait for it, so that a handler may close its own
+// IPC (directly, or by reloading Caddy's config, which stops its worker):
+// that handler, or one running when another goroutine closes, finishes
+// after Close has returned, and its sends fail with ErrClosed once the
+// endpoint is detached.
 func (c *IPC) Close() error {
 	c.state.Lock()
 	defer c.state.Unlock()
@@ -97,9 +105,11 @@ func (c *IPC) Close() error {
 	c.open = false
 	c.stop.Store(true)
 	c.rd.Interrupt()
-	// Inside one of its own handlers, the loop ends when the handler
-	// returns, without reading on: where it stopped is already known.
-	if c.loopGID.Load() != goid.Get() {
+	// While a handler runs (Close may be called from it: nothing tells
+	// which goroutine calls), the loop ends when the handler returns,
+	// without reading on: where it stopped is already known. Otherwise the
+	// caller is not a handler, and waits for the loop to end.
+	if !c.handlerRunning() {
 		<-c.done
 	}
 	owners.Lock()
@@ -149,7 +159,6 @@ func (c *IPC) Detach() {
 
 func (c *IPC) loop(prev *IPC) {
 	defer close(c.done)
-	c.loopGID.Store(goid.Get())
 	if p := prev; p != nil {
 		// FIFO across the hand-off: the old worker finishes first. If it
 		// stops short of the hand-off, this one takes over from where it
@@ -231,7 +240,7 @@ func (c *IPC) deliver(rec zone.Record) {
 		return
 	}
 	n := int(b[1])
-	a := &Alert{Name: string(b[2 : 2+n]), Data: b[2+n:], Sender: int(rec.PID), SenderGeneration: int(rec.Gen), Broadcast: rec.Aux == 0, Seq: rec.Seq, c: c}
+	a := &Alert{Name: string(b[2 : 2+n]), Data: b[2+n:], Sender: int(rec.PID), SenderGeneration: int(rec.Gen), ToAll: rec.Aux == 0, Seq: rec.Seq, c: c}
 	// The handler first: an alert nobody handles never has its blob opened.
 	h := (*c.handlers.Load())[a.Name]
 	if h == nil {
@@ -264,8 +273,14 @@ func (c *IPC) deliver(rec zone.Record) {
 	}
 	c.st.received.Add(1)
 	c.st.bytesReceived.Add(uint64(len(a.Data)))
-	c.current.Store(a)
-	defer c.current.Store(nil)
+	c.runMu.Lock()
+	c.inHandler = true
+	c.runMu.Unlock()
+	defer func() {
+		c.runMu.Lock()
+		c.inHandler = false
+		c.runMu.Unlock()
+	}()
 	defer func() {
 		if p := recover(); p != nil {
 			c.st.panics.Add(1)
@@ -273,6 +288,13 @@ func (c *IPC) deliver(rec zone.Record) {
 		}
 	}()
 	h(a)
+}
+
+// handlerRunning reports whether a handler runs on the delivery goroutine.
+func (c *IPC) handlerRunning() bool {
+	c.runMu.Lock()
+	defer c.runMu.Unlock()
+	return c.inHandler
 }
 
 // Discarded counts the alerts addressed to pid (not broadcasts) that its

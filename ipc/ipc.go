@@ -48,8 +48,6 @@ var (
 	// ErrReceiverSlow is returned when a receiver stays too far behind for
 	// the whole send timeout (policy block), or at once (policy drop).
 	ErrReceiverSlow = errors.New("alert receiver is not keeping up")
-	// ErrNotInHandler is returned by Reply and Sender outside a handler.
-	ErrNotInHandler = errors.New("can't reply: Reply called outside of an IPC alert handler")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("ipc is closed")
 	// ErrBlobQuota is returned (wrapped) for data that would take the
@@ -115,14 +113,33 @@ type Alert struct {
 	// Sender is the sending process's pid, SenderGeneration its worker's generation.
 	Sender           int
 	SenderGeneration int
-	// Broadcast reports an alert sent with Broadcast.
-	Broadcast bool
-	Seq       uint64
-	c         *IPC
+	// ToAll reports an alert sent to every process (Broadcast).
+	ToAll bool
+	Seq   uint64
+	c     *IPC
 }
 
-// Reply sends an alert back to the sender of a.
-func (a *Alert) Reply(name string, data []byte) error { return a.c.Send(a.Sender, name, data) }
+// Reply sends an alert back to the sender of a (ngx_lua_ipc's ipc.reply;
+// its ipc.sender is a.Sender). Call it from the handler a was given to.
+func (a *Alert) Reply(name string, data []byte) error {
+	return a.c.sendCounted(a.Sender, name, data, true)
+}
+
+// Send sends an alert to the process pid, as IPC.Send, from inside the
+// handler a was given to: the sender's own worker, which cannot read on
+// until the handler returns, is left out of the backpressure, and so is a
+// receiver whose own handler waits in a send (two handlers sending to each
+// other would each wait out the send timeout). Call it only from that
+// handler (or code it calls and waits for); elsewhere use IPC.Send.
+func (a *Alert) Send(pid int, name string, data []byte) error {
+	return a.c.sendCounted(pid, name, data, true)
+}
+
+// Broadcast sends an alert to every process of the node, as
+// IPC.Broadcast, from inside the handler a was given to (see Send).
+func (a *Alert) Broadcast(name string, data []byte) error {
+	return a.c.broadcastCounted(name, data, true)
+}
 
 // Handler handles an alert on the worker's delivery goroutine.
 type Handler func(*Alert)
@@ -191,16 +208,16 @@ type IPC struct {
 	handoff  uint64        // the first sequence this worker handles
 	next     atomic.Uint64 // the sequence the loop reads next, for the newer worker
 
-	loopGID atomic.Uint64
-	current atomic.Pointer[Alert] // the alert whose handler runs
-	stop    atomic.Bool
-	done    chan struct{}
+	runMu     sync.Mutex
+	inHandler bool // under runMu: a handler runs on the delivery goroutine (see Close)
+	stop      atomic.Bool
+	done      chan struct{}
 
 	swept    time.Time
 	dmu      sync.RWMutex // sends hold it to use the zone
 	detached bool         // set under dmu by Detach
 	bmu      sync.Mutex
-	bounds   map[int]bound // per target pid (0: broadcast), see admit
+	bounds   map[bkey]bound // per target pid (0: broadcast), see admit
 	st       counters
 }
 
@@ -235,7 +252,7 @@ func New(o Options) (*IPC, error) {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	c := &IPC{o: o, z: o.Zone, ring: r, log: o.Logger, done: make(chan struct{}), bounds: map[int]bound{}}
+	c := &IPC{o: o, z: o.Zone, ring: r, log: o.Logger, done: make(chan struct{}), bounds: map[bkey]bound{}}
 	c.slot.Store(-1)
 	empty := map[string]Handler{}
 	c.handlers.Store(&empty)

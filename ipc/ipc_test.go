@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ipcbus/caddy-ipcbus/internal/goid"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
@@ -85,23 +84,21 @@ func TestLimits(t *testing.T) {
 }
 
 // TestSelfDeliveryAsync: an alert to oneself is handled later, on the
-// delivery goroutine, not inside Send; Reply and Sender work only there.
+// delivery goroutine, not inside Send (the handler waits for Send to have
+// returned: run inside it, Send would never return); the handler replies
+// with its Alert, to a.Sender.
 func TestSelfDeliveryAsync(t *testing.T) {
 	z := openZone(t, zone.MinSize)
 	c, _ := endpoint(t, z, 1)
-	caller := goid.Get()
+	sent := make(chan struct{})
 	got := make(chan string, 2)
 	c.Receive("ping", func(a *Alert) {
-		if goid.Get() == caller {
-			got <- "ran inside Send"
+		<-sent
+		if a.Sender != os.Getpid() {
+			got <- fmt.Sprintf("sender %d", a.Sender)
 			return
 		}
-		pid, ok := c.Sender()
-		if !ok || pid != os.Getpid() || a.Sender != os.Getpid() {
-			got <- fmt.Sprintf("sender %d %v", pid, ok)
-			return
-		}
-		if err := c.Reply("pong", append([]byte("re:"), a.Data...)); err != nil {
+		if err := a.Reply("pong", append([]byte("re:"), a.Data...)); err != nil {
 			got <- err.Error()
 		}
 	})
@@ -109,17 +106,20 @@ func TestSelfDeliveryAsync(t *testing.T) {
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Send(os.Getpid(), "ping", []byte("hi")); err != nil {
-		t.Fatal(err)
+	errc := make(chan error, 1)
+	go func() { errc <- c.Send(os.Getpid(), "ping", []byte("hi")) }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		close(sent)
+		t.Fatal("Send did not return: it ran the handler")
 	}
+	close(sent)
 	if s := <-got; s != "re:hi" {
 		t.Fatal(s)
-	}
-	if err := c.Reply("x", nil); !errors.Is(err, ErrNotInHandler) {
-		t.Fatalf("Reply outside a handler: %v", err)
-	}
-	if _, ok := c.Sender(); ok {
-		t.Fatal("Sender outside a handler")
 	}
 }
 
@@ -283,5 +283,57 @@ func TestHandOff(t *testing.T) {
 				t.Fatalf("handled by old %d, by new %d: the hand-off did not fall mid-stream", by["old"], by["new"])
 			}
 		})
+	}
+}
+
+// TestCloseWhileHandlerRuns: Close from another goroutine while a handler
+// runs returns without waiting for it (it cannot tell that goroutine from
+// the handler's own), and no handler starts afterwards.
+func TestCloseWhileHandlerRuns(t *testing.T) {
+	z := openZone(t, zone.MinSize)
+	c, _ := endpoint(t, z, 1)
+	running, release := make(chan struct{}), make(chan struct{})
+	after := make(chan struct{}, 1)
+	c.Receive("slow", func(a *Alert) { close(running); <-release })
+	c.Receive("after", func(a *Alert) { after <- struct{}{} })
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer close(release)
+	for _, name := range []string{"slow", "after"} {
+		if err := c.Send(os.Getpid(), name, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-running
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for the running handler")
+	}
+	release <- struct{}{}
+	select {
+	case <-after:
+		t.Fatal("a handler ran after Close returned")
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the delivery goroutine did not end after its handler returned")
+	}
+	select {
+	case <-after:
+		t.Fatal("a handler ran after Close returned")
+	default:
+	}
+	// The loop must not publish its cursor again after Close cleared it:
+	// senders would wait for a receiver that is gone.
+	if i := c.slot.Load(); i < 0 {
+		t.Fatal("the endpoint has no worker slot")
+	} else if cur := z.Worker(int(i)).AlertCursor.Load(); cur != 0 {
+		t.Fatalf("alerts cursor %d after Close, want 0", cur)
 	}
 }

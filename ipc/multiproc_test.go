@@ -63,7 +63,7 @@ func helper(dir string) int {
 		}
 		a.Reply("long-result", []byte(fmt.Sprintf("ok %d", len(f))))
 	})
-	c.Receive("big", func(a *Alert) { c.Reply("big", a.Data) })
+	c.Receive("big", func(a *Alert) { a.Reply("big", a.Data) })
 	c.Receive("bcast", func(a *Alert) { a.Reply("bcast-ack", []byte(strconv.Itoa(os.Getpid()))) })
 	if err := c.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -137,7 +137,7 @@ func TestAcrossProcesses(t *testing.T) {
 			t.Fatal(err)
 		}
 		a := in.next(t)
-		if a.Name != "pong" || string(a.Data) != "hello" || a.Sender != p1.pid || a.Broadcast {
+		if a.Name != "pong" || string(a.Data) != "hello" || a.Sender != p1.pid || a.ToAll {
 			t.Fatalf("got %+v", a)
 		}
 	})
@@ -190,7 +190,7 @@ func TestAcrossProcesses(t *testing.T) {
 			a := in.next(t)
 			switch a.Name {
 			case "bcast":
-				if !a.Broadcast || a.Sender != os.Getpid() {
+				if !a.ToAll || a.Sender != os.Getpid() {
 					t.Fatalf("own broadcast %+v", a)
 				}
 				self = true

@@ -140,20 +140,34 @@ func TestBackpressureCountsEveryReceiver(t *testing.T) {
 }
 
 // TestHandlerSendsToOwnProcess: a handler may send many alerts to its own
-// process (more than the lag limit): its own worker cannot read on while it
-// runs, so it is left out of the backpressure. Catches: "the caller's own
-// worker counted in backpressure" (the handler would wait out the send
-// timeout and fail).
+// process (more than the lag limit) with its Alert (a.Send, a.Broadcast):
+// its own worker cannot read on while it runs, so it is left out of the
+// backpressure. Catches: "the caller's own worker counted in backpressure"
+// (the handler would wait out the send timeout and fail). IPC.Send from
+// the handler is the plain path, which waits for every receiver: it fails
+// there (the worker waits for itself), as documented.
 func TestHandlerSendsToOwnProcess(t *testing.T) {
 	z := openZone(t, 8<<20)
 	c, _ := endpoint(t, z, 1, func(o *Options) { o.MaxLag = 16; o.SendTimeout = 200 * time.Millisecond })
 	errs := make(chan error, 1)
 	c.Receive("start", func(a *Alert) {
 		for i := 0; i < 100; i++ {
-			if err := c.Send(os.Getpid(), "sink", []byte(strconv.Itoa(i))); err != nil {
+			send := func() error { return a.Send(os.Getpid(), "sink", []byte(strconv.Itoa(i))) }
+			if i%2 == 1 {
+				send = func() error { return a.Broadcast("sink", []byte(strconv.Itoa(i))) }
+			}
+			if err := send(); err != nil {
 				errs <- fmt.Errorf("send %d from the handler: %w", i, err)
 				return
 			}
+		}
+		var err error
+		for i := 0; i < 100 && err == nil; i++ {
+			err = c.Send(os.Getpid(), "plain", nil)
+		}
+		if !errors.Is(err, ErrReceiverSlow) {
+			errs <- fmt.Errorf("IPC.Send from a handler past the lag limit: %v, want ErrReceiverSlow", err)
+			return
 		}
 		errs <- nil
 	})
@@ -218,7 +232,7 @@ func TestWaitingReceiverNotWaitedFor(t *testing.T) {
 		for range batch {
 			var err error
 			for i := 0; i < 200 && err == nil; i++ {
-				err = c.Send(os.Getpid(), "x", nil)
+				err = a.Send(os.Getpid(), "x", nil)
 			}
 			result <- err
 		}

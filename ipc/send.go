@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ipcbus/caddy-ipcbus/internal/goid"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
@@ -30,8 +29,16 @@ func validate(name string, data []byte) error {
 // by its newest worker. It returns once the alert is in the ring; the
 // handler runs later, on the receiver's delivery goroutine, even for an
 // alert to oneself (ngx_lua_ipc runs those inside send).
+//
+// Send is for callers outside this IPC's handlers: it waits for every
+// receiver that lags, this process's own worker included. A handler sends
+// with the Alert it received (Alert.Send, Alert.Broadcast, Alert.Reply).
 func (c *IPC) Send(pid int, name string, data []byte) error {
-	if err := c.send(pid, name, data); err != nil {
+	return c.sendCounted(pid, name, data, false)
+}
+
+func (c *IPC) sendCounted(pid int, name string, data []byte, inHandler bool) error {
+	if err := c.send(pid, name, data, inHandler); err != nil {
 		c.st.errors.Add(1)
 		return err
 	}
@@ -40,9 +47,14 @@ func (c *IPC) Send(pid int, name string, data []byte) error {
 	return nil
 }
 
-// Broadcast sends an alert to every process of the node, this one included.
+// Broadcast sends an alert to every process of the node, this one
+// included. Like Send, it is for callers outside this IPC's handlers.
 func (c *IPC) Broadcast(name string, data []byte) error {
-	if err := c.send(0, name, data); err != nil {
+	return c.broadcastCounted(name, data, false)
+}
+
+func (c *IPC) broadcastCounted(name string, data []byte, inHandler bool) error {
+	if err := c.send(0, name, data, inHandler); err != nil {
 		c.st.errors.Add(1)
 		return err
 	}
@@ -51,7 +63,9 @@ func (c *IPC) Broadcast(name string, data []byte) error {
 	return nil
 }
 
-func (c *IPC) send(pid int, name string, data []byte) error {
+// send writes one alert; inHandler says that the caller runs inside one
+// of this IPC's handlers (see scan).
+func (c *IPC) send(pid int, name string, data []byte, inHandler bool) error {
 	c.dmu.RLock()
 	defer c.dmu.RUnlock()
 	if c.detached {
@@ -63,7 +77,7 @@ func (c *IPC) send(pid int, name string, data []byte) error {
 	if pid < 0 {
 		return NoWorkerError{PID: pid}
 	}
-	if err := c.admit(pid); err != nil {
+	if err := c.admit(pid, inHandler); err != nil {
 		return err
 	}
 	blob := ""
@@ -105,20 +119,21 @@ func (c *IPC) write(pid int, name string, data []byte, blob string) error {
 
 // admit checks that pid (0: every process) has a live worker and that its
 // receivers are not too far behind, waiting for them under the Block
-// policy. A check holds for 50ms and while the ring stays under the bound
+// policy; inHandler says that the caller runs inside one of this IPC's
+// handlers (see scan). A check holds for 50ms and while the ring stays under the bound
 // it computed, so a busy sender pays two atomic loads and a map lookup.
-func (c *IPC) admit(pid int) error {
+func (c *IPC) admit(pid int, inHandler bool) error {
 	r := c.ring
 	now := time.Now()
 	c.bmu.Lock()
-	b, ok := c.bounds[pid]
+	b, ok := c.bounds[bkey{pid, inHandler}]
 	c.bmu.Unlock()
 	if ok && now.Sub(b.at) < 50*time.Millisecond && r.Tail() < b.tail && r.DataTail() < b.data {
 		return nil
 	}
 	deadline := time.Time{}
 	for {
-		found, slowest, lagRec, lagBytes := c.scan(pid)
+		found, slowest, lagRec, lagBytes := c.scan(pid, inHandler)
 		if pid != 0 && !found {
 			return NoWorkerError{PID: pid}
 		}
@@ -130,7 +145,7 @@ func (c *IPC) admit(pid int) error {
 			if len(c.bounds) > 1024 {
 				clear(c.bounds)
 			}
-			c.bounds[pid] = bound{tail: r.Tail() + (c.o.MaxLag - lagRec), data: r.DataTail() + (maxBytes - lagBytes), at: now}
+			c.bounds[bkey{pid, inHandler}] = bound{tail: r.Tail() + (c.o.MaxLag - lagRec), data: r.DataTail() + (maxBytes - lagBytes), at: now}
 			c.bmu.Unlock()
 			return nil
 		}
@@ -141,7 +156,7 @@ func (c *IPC) admit(pid int) error {
 		if deadline.IsZero() {
 			deadline = now.Add(c.o.SendTimeout)
 			c.st.waits.Add(1)
-			if i := c.slot.Load(); i >= 0 && c.inHandler() {
+			if i := c.slot.Load(); i >= 0 && inHandler {
 				ws := c.z.Worker(int(i))
 				ws.SendWaiting.Store(1)
 				defer ws.SendWaiting.Store(0)
@@ -151,6 +166,13 @@ func (c *IPC) admit(pid int) error {
 		}
 		time.Sleep(200 * time.Microsecond)
 	}
+}
+
+// bkey keys the cached bounds: a sender inside a handler leaves out
+// receivers that others wait for, so its bound is its own.
+type bkey struct {
+	pid       int
+	inHandler bool
 }
 
 type bound struct {
@@ -163,9 +185,9 @@ type bound struct {
 // moves every reader, so a send to one process can overrun another: the
 // lag of all of them counts. Hung workers are left out (they would hold
 // every sender for the whole timeout), and so is the caller's own worker
-// when it sends from one of its handlers (it cannot read on meanwhile).
-func (c *IPC) scan(pid int) (found bool, slowest int, lagRec, lagBytes uint64) {
-	handler := c.inHandler()
+// when it sends from one of its handlers (it cannot read on meanwhile):
+// handler says so, as the Alert's methods do.
+func (c *IPC) scan(pid int, handler bool) (found bool, slowest int, lagRec, lagBytes uint64) {
 	var minCur uint64
 	self := int64(-1)
 	if handler {
@@ -198,37 +220,4 @@ func (c *IPC) scan(pid int) (found bool, slowest int, lagRec, lagBytes uint64) {
 		lagRec, lagBytes = c.ring.Lag(minCur - 1)
 	}
 	return found, slowest, lagRec, lagBytes
-}
-
-// inHandler reports whether the caller runs on this IPC's delivery
-// goroutine: inside one of its handlers.
-func (c *IPC) inHandler() bool {
-	return c.loopGID.Load() != 0 && c.loopGID.Load() == goid.Get()
-}
-
-// Reply sends an alert to the sender of the alert being handled. It is
-// only valid inside a handler, on the delivery goroutine.
-func (c *IPC) Reply(name string, data []byte) error {
-	a := c.handling()
-	if a == nil {
-		return ErrNotInHandler
-	}
-	return c.Send(a.Sender, name, data)
-}
-
-// Sender is the pid of the sender of the alert being handled; ok is false
-// outside a handler.
-func (c *IPC) Sender() (pid int, ok bool) {
-	if a := c.handling(); a != nil {
-		return a.Sender, true
-	}
-	return 0, false
-}
-
-func (c *IPC) handling() *Alert {
-	a := c.current.Load()
-	if a == nil || c.loopGID.Load() != goid.Get() {
-		return nil
-	}
-	return a
 }

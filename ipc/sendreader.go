@@ -64,7 +64,7 @@ func (c *IPC) sendReader(pid int, name string, r io.Reader, size int64) (int64, 
 	defer c.dmu.RUnlock()
 	err = c.detachedErr()
 	if err == nil {
-		err = c.admit(pid)
+		err = c.admit(pid, false)
 	}
 	if err != nil {
 		if p.Blob != "" {
@@ -91,7 +91,7 @@ func (c *IPC) precheck(pid int, name string, size int64) error {
 	if pid < 0 {
 		return NoWorkerError{PID: pid}
 	}
-	return c.admit(pid)
+	return c.admit(pid, false)
 }
 
 func (c *IPC) detachedErr() error {

@@ -1,5 +1,8 @@
-// Package goid tells the current goroutine's id, for the checks that an
-// API is (or is not) called from a delivery goroutine. Not for hot paths.
+// Package goid tells the current goroutine's id. Its one use is the events
+// bus's Poll, which must return ErrRecursive from a handler instead of
+// waiting for itself, and cannot tell a handler's call from another
+// goroutine's otherwise; it looks only while a handler runs. Not for hot
+// paths, and not for new uses: pass values (the *ipc.Alert a handler gets).
 package goid
 
 import (
