@@ -106,7 +106,9 @@ func handleWorkers(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, snap.workers)
 }
 
-// processStats accumulates the counters of this process's past workers.
+// processStats accumulates the counters of this process's past workers
+// (each config load's app is another instance, gone after its reload), so
+// it is per process, hence package-level.
 var processStats struct {
 	sync.Mutex
 	workermgr.Stats

@@ -237,7 +237,8 @@ func (a *App) Validate() error {
 }
 
 // generation numbers this process's workers: 1 for the first Start, then
-// one more for each config load that starts the app.
+// one more for each config load that starts the app. It is per process by
+// nature (every config load is a new app instance), hence package-level.
 var generation atomic.Int64
 
 // zones shares one mapping of each zone file among the workers of this

@@ -118,7 +118,7 @@ func (h *Broadcast) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	}
 	if h.Alert {
 		if err := SendAlert(w, r, h.app, true, "", value(r, h.Name, "name"), h.limit); err != nil {
-			writeError(w, err)
+			writeError(w, r, err)
 			return nil
 		}
 		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
@@ -126,7 +126,7 @@ func (h *Broadcast) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	}
 	seq, err := h.post(w, r)
 	if err != nil {
-		writeError(w, err)
+		writeError(w, r, err)
 		return nil
 	}
 	writeJSON(w, http.StatusOK, map[string]uint64{"seq": seq})

@@ -261,7 +261,7 @@ func allow(w http.ResponseWriter, r *http.Request, methods ...string) bool {
 	}
 	w.Header().Set("Allow", strings.Join(methods, ", "))
 	answerEarly(w, r)
-	writeError(w, &Error{http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use %s", r.Method, strings.Join(methods, " or "))})
+	writeError(w, r, &Error{http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use %s", r.Method, strings.Join(methods, " or "))})
 	return false
 }
 

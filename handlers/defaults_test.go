@@ -1,10 +1,15 @@
 package handlers
 
 import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // TestPollDefaults pins the defaults of ipcbus_poll that the README and
@@ -51,5 +56,18 @@ func TestProcessMaxStreams(t *testing.T) {
 	release()
 	if got := ProcessMaxStreams(); got != DefaultProcessMaxStreams {
 		t.Fatalf("default cap with no handler: %d", got)
+	}
+}
+
+// TestErrorVar: a failure answered as JSON also leaves its message in the
+// request variable ipcbus.error, for Caddy's logs ({http.vars.ipcbus.error}).
+func TestErrorVar(t *testing.T) {
+	vars := map[string]any{}
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
+	w := httptest.NewRecorder()
+	writeError(w, r, httpErr(http.StatusConflict, errors.New("duplicate key")))
+	if w.Code != http.StatusConflict || vars["ipcbus.error"] != "duplicate key" {
+		t.Fatalf("status %d, vars %v", w.Code, vars)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
 	"github.com/ipcbus/caddy-ipcbus/events"
 	"github.com/ipcbus/caddy-ipcbus/ipc"
 	"github.com/ipcbus/caddy-ipcbus/zone"
@@ -162,6 +164,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // writeError writes {"error": msg} with the error's status.
-func writeError(w http.ResponseWriter, e *Error) {
+//
+// The handlers answer failures themselves, as JSON with the right status,
+// rather than returning a caddyhttp.Error: API clients get a body they can
+// parse, and a 4xx of the protocol (a duplicate key, a body over the
+// limit) is no server error to log. The access log still shows the
+// status, and the message is left in the request variable ipcbus.error
+// ({http.vars.ipcbus.error}, e.g. for log_append). handle_errors routes do
+// not run for them.
+func writeError(w http.ResponseWriter, r *http.Request, e *Error) {
+	caddyhttp.SetVar(r.Context(), "ipcbus.error", e.Err.Error())
 	writeJSON(w, e.Status, map[string]string{"error": e.Err.Error()})
 }

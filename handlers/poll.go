@@ -234,13 +234,13 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	}
 	bus := h.app.Bus()
 	if bus == nil {
-		writeError(w, httpErr(http.StatusServiceUnavailable, errNotRunning))
+		writeError(w, r, httpErr(http.StatusServiceUnavailable, errNotRunning))
 		return nil
 	}
 	q := r.URL.Query()
 	since, err := h.since(r, bus)
 	if err != nil {
-		writeError(w, err)
+		writeError(w, r, err)
 		return nil
 	}
 	stream := strings.Contains(r.Header.Get("Accept"), "text/event-stream")
@@ -249,7 +249,7 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		if v := q.Get("timeout"); v != "" {
 			d, err := parseTimeout(v)
 			if err != nil || d < 0 || d > time.Duration(h.MaxTimeout) {
-				writeError(w, httpErr(http.StatusBadRequest, fmt.Errorf("timeout=%q: give a duration (30s) or seconds (30), from 0 to %v", v, time.Duration(h.MaxTimeout))))
+				writeError(w, r, httpErr(http.StatusBadRequest, fmt.Errorf("timeout=%q: give a duration (30s) or seconds (30), from 0 to %v", v, time.Duration(h.MaxTimeout))))
 				return nil
 			}
 			timeout = d
@@ -257,7 +257,7 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		if v := q.Get("limit"); v != "" {
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {
-				writeError(w, httpErr(http.StatusBadRequest, fmt.Errorf("limit=%q: give a number of events from 1 (answers carry at most %d)", v, h.Limit)))
+				writeError(w, r, httpErr(http.StatusBadRequest, fmt.Errorf("limit=%q: give a number of events from 1 (answers carry at most %d)", v, h.Limit)))
 				return nil
 			}
 			limit = min(n, h.Limit)
@@ -269,7 +269,7 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		return nil
 	}
 	if !acquire(&h.open, int64(h.MaxStreams)) {
-		writeError(w, httpErr(http.StatusServiceUnavailable, fmt.Errorf("too many open polls and streams (limit %d for this route, %d for the process)", h.MaxStreams, ProcessMaxStreams())))
+		writeError(w, r, httpErr(http.StatusServiceUnavailable, fmt.Errorf("too many open polls and streams (limit %d for this route, %d for the process)", h.MaxStreams, ProcessMaxStreams())))
 		return nil
 	}
 	defer release(&h.open)

@@ -85,7 +85,7 @@ func (h *Send) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		return nil
 	}
 	if err := SendAlert(w, r, h.app, false, value(r, h.PID, "pid"), value(r, h.Name, "name"), h.limit); err != nil {
-		writeError(w, err)
+		writeError(w, r, err)
 		return nil
 	}
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
