@@ -284,7 +284,7 @@ func current() *App {
 }
 
 // Start joins the zone as a new worker.
-func (a *App) Start() error {
+func (a *App) Start() (err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	opts := zone.Options{Name: a.Zone, Dir: a.Dir, Size: a.Size, Mode: a.mode, BlobQuota: a.BlobQuota, UniqueKeys: a.UniqueKeys}
@@ -303,39 +303,56 @@ func (a *App) Start() error {
 	if err != nil {
 		return err
 	}
+	// A failed step undoes the ones before it, in reverse order: one
+	// deferred cleanup for every way out.
+	var (
+		bus    *events.Bus
+		w      *workermgr.Worker
+		alerts *ipc.IPC
+	)
+	defer func() {
+		if err == nil {
+			return
+		}
+		if alerts != nil {
+			alerts.Close()
+		}
+		if w != nil {
+			_ = w.Leave(workermgr.ReasonUnload)
+		}
+		if bus != nil {
+			bus.Close(0)
+		}
+		_, _ = zones.Delete(a.poolK)
+	}()
 	z := v.(pooledZone).Zone
 	if z.Size() != a.Size {
-		_, _ = zones.Delete(a.poolK)
 		return fmt.Errorf("zone %s is in use by this process with size %d; a reload cannot change the size to %d: restart the process (and every other process of the node) to resize", z.Path(), z.Size(), a.Size)
 	}
 	z.SetBlobQuota(a.BlobQuota) // a reload may change it
 	handlers.SetProcessMaxStreams(a.MaxStreams)
 	a.gen = int(generation.Add(1))
-	bus, err := events.New(events.Options{
+	if bus, err = events.New(events.Options{
 		Zone: z, PID: os.Getpid(), Generation: a.gen,
 		UniqueTimeout: time.Duration(a.UniqueTimeout), MaxPayload: a.MaxPayload,
 		WaitMax: time.Duration(a.WaitMax), Spin: time.Duration(a.Spin),
 		Logger: a.logger.Named("events"),
-	})
-	if err != nil {
-		_, _ = zones.Delete(a.poolK)
+	}); err != nil {
 		return err
 	}
-	w, err := workermgr.Join(z, workermgr.Config{
+	onEvent := func(ev workermgr.Event) {
+		postLifecycle(bus, ev, a.logger)
+		if ev.Kind == workermgr.WorkerCrashed && ev.Reason == workermgr.ReasonCrash {
+			countDiscarded(z, ev, a.logger)
+		}
+	}
+	if w, err = workermgr.Join(z, workermgr.Config{
 		Generation: a.gen,
 		Heartbeat:  time.Duration(a.Heartbeat),
 		DeadAfter:  time.Duration(a.DeadAfter),
 		Logger:     a.logger,
-		OnEvent: func(ev workermgr.Event) {
-			postLifecycle(bus, ev, a.logger)
-			if ev.Kind == workermgr.WorkerCrashed && ev.Reason == workermgr.ReasonCrash {
-				countDiscarded(z, ev, a.logger)
-			}
-		},
-	})
-	if err != nil {
-		bus.Close(0)
-		_, _ = zones.Delete(a.poolK)
+		OnEvent:    onEvent,
+	}); err != nil {
 		return err
 	}
 	bus.SetOnCursor(w.SetCursor)
@@ -343,26 +360,19 @@ func (a *App) Start() error {
 	if a.AlertOverflow == "drop" {
 		overflow = ipc.Drop
 	}
-	alerts, err := ipc.New(ipc.Options{
+	if alerts, err = ipc.New(ipc.Options{
 		Zone: z, PID: os.Getpid(), Generation: a.gen,
 		SendTimeout: time.Duration(a.SendTimeout), Overflow: overflow,
 		WaitMax: time.Duration(a.WaitMax), Spin: time.Duration(a.Spin),
 		Logger: a.logger.Named("ipc"),
-	})
-	if err == nil {
-		alerts.SetWorkerSlot(w.Slot())
-		err = alerts.Start()
+	}); err != nil {
+		return err
 	}
-	if err == nil {
-		err = bus.Start()
+	alerts.SetWorkerSlot(w.Slot())
+	if err = alerts.Start(); err != nil {
+		return err
 	}
-	if err != nil {
-		if alerts != nil {
-			alerts.Close()
-		}
-		_ = w.Leave(workermgr.ReasonUnload)
-		bus.Close(0)
-		_, _ = zones.Delete(a.poolK)
+	if err = bus.Start(); err != nil {
 		return err
 	}
 	a.bus, a.alerts = bus, alerts
