@@ -3,6 +3,7 @@ package ipcbus
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -41,6 +42,9 @@ type Forward struct {
 	dropped atomic.Uint64
 	logger  *zap.Logger
 	release func()
+	// app is the ipcbus app of the same config (ctx.App at Provision): the
+	// one this forwarder's events go to, started or not yet.
+	app *App
 }
 
 type forwarded struct {
@@ -56,6 +60,17 @@ type forwardedBody struct {
 	Data   map[string]any `json:"data,omitempty"`
 }
 
+// setDefaults fills in the documented defaults: source "caddy", a queue
+// of 1024 events.
+func (f *Forward) setDefaults() {
+	if f.Source == "" {
+		f.Source = handlers.DefaultForwardSource
+	}
+	if f.QueueSize <= 0 {
+		f.QueueSize = 1024
+	}
+}
+
 // CaddyModule returns the Caddy module information.
 func (*Forward) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -64,16 +79,22 @@ func (*Forward) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision starts the goroutine that posts queued events.
+// Provision loads the ipcbus app of the same config (with its defaults
+// when the config has none) and starts the goroutine that posts queued
+// events to it.
 func (f *Forward) Provision(ctx caddy.Context) error {
 	f.logger = ctx.Logger()
-	if f.Source == "" {
-		f.Source = handlers.DefaultForwardSource
+	f.setDefaults()
+	a, err := ctx.App("ipcbus")
+	if err != nil {
+		return fmt.Errorf("loading the ipcbus app: %w", err)
 	}
+	app, ok := a.(*App)
+	if !ok {
+		return fmt.Errorf("the ipcbus app is a %T", a)
+	}
+	f.app = app
 	f.release = handlers.ReserveSource(f.Source)
-	if f.QueueSize <= 0 {
-		f.QueueSize = 1024
-	}
 	f.q = make(chan forwarded, f.QueueSize)
 	f.stop, f.done = make(chan struct{}), make(chan struct{})
 	go f.run()
@@ -87,12 +108,7 @@ func (f *Forward) run() {
 		case <-f.stop:
 			return
 		case ev := <-f.q:
-			a := current()
-			if a == nil {
-				f.drop(ev.name, "ipcbus is not running")
-				continue
-			}
-			bus := a.Bus()
+			bus := f.app.Bus()
 			if bus == nil {
 				f.drop(ev.name, "ipcbus is not running")
 				continue
