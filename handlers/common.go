@@ -160,7 +160,7 @@ func ReadBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 	if r.ContentLength > 0 {
 		b, err = readSized(body, r.ContentLength)
 	} else {
-		b, err = io.ReadAll(body)
+		b, err = io.ReadAll(body) // body is a MaxBytesReader: at most limit bytes
 	}
 	if err != nil {
 		var mb *http.MaxBytesError
