@@ -81,3 +81,17 @@ func TestCLITailAndRm(t *testing.T) {
 		t.Fatalf("unknown subcommand: %v %s", err, out)
 	}
 }
+
+// TestExampleCaddyfile: the README's first command's config is valid, and
+// every route its comments show is there.
+func TestExampleCaddyfile(t *testing.T) {
+	out, err := cli(t, "adapt", "--config", "../examples/Caddyfile", "--adapter", "caddyfile")
+	if err != nil {
+		t.Fatalf("adapt examples/Caddyfile: %v\n%s", err, out)
+	}
+	for _, h := range []string{`"handler":"ipcbus_poll"`, `"handler":"ipcbus_broadcast"`, `"handler":"ipcbus_send"`, `"alert":true`} {
+		if !strings.Contains(out, h) {
+			t.Errorf("examples/Caddyfile adapts without %s", h)
+		}
+	}
+}
