@@ -124,6 +124,15 @@ func (h *Broadcast) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 		return nil
 	}
+	if isBatch(r) {
+		first, last, n, err := h.postBatch(w, r)
+		if err != nil {
+			writeError(w, r, err)
+			return nil
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"first": first, "last": last, "count": n})
+		return nil
+	}
 	seq, err := h.post(w, r)
 	if err != nil {
 		writeError(w, r, err)

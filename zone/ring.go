@@ -227,6 +227,68 @@ func (r *Ring) Write(m Meta, parts ...[]byte) (uint64, error) {
 	return seq, err
 }
 
+// Entry is one record of a WriteBatch: its meta and its payload, the
+// concatenation of Parts.
+type Entry struct {
+	Meta  Meta
+	Parts [][]byte
+}
+
+// WriteBatch appends the entries as records with consecutive sequence
+// numbers, in their order, and returns the first. Every frame is written
+// before any sequence is taken, so no record of the batch is visible
+// before all are written, and none of another writer comes between them.
+// It never waits for readers. A record abandoned by readers meanwhile (a
+// writer stalled past their WaitMax) is lost as a gap like any other: the
+// error says so, and the others are delivered.
+func (r *Ring) WriteBatch(entries []Entry) (uint64, error) {
+	type placed struct {
+		l   *lease
+		off uint64
+		f   *frame
+	}
+	ps := make([]placed, 0, len(entries))
+	defer func() {
+		for _, p := range ps {
+			r.done(p.l)
+		}
+	}()
+	for i, e := range entries {
+		n := uint64(0)
+		for _, p := range e.Parts {
+			n += uint64(len(p))
+		}
+		if n > r.maxRecord {
+			return 0, fmt.Errorf("%w: entry %d is %d bytes, the limit is %d", ErrTooLarge, i, n, r.maxRecord)
+		}
+		l, off, err := r.alloc(frameSize + n)
+		if err != nil {
+			return 0, err
+		}
+		pos := off + frameSize
+		for _, p := range e.Parts {
+			pos += uint64(copy(l.mem[pos:], p))
+		}
+		ps = append(ps, placed{l, off, r.fill(l, off, e.Meta, n)})
+	}
+	if len(ps) == 0 {
+		return r.hdr.tail.Load(), nil
+	}
+	first := r.hdr.tail.Add(uint64(len(ps))) - uint64(len(ps))
+	if first+uint64(len(ps)) > maxTail {
+		return first, ErrDamaged
+	}
+	var failed error
+	for i, p := range ps {
+		seq := first + uint64(i)
+		p.f.seq = seq
+		if err := r.commit(seq, locWord(p.l.gen, p.l.seg, p.off), entries[i].Meta); err != nil && failed == nil {
+			failed = fmt.Errorf("record %d of the batch (sequence %d): %w", i, seq, err)
+		}
+	}
+	return first, failed
+}
+
 // fill writes a frame's header but its sequence number.
 func (r *Ring) fill(l *lease, off uint64, m Meta, n uint64) *frame {
 	f := (*frame)(unsafe.Pointer(&l.mem[off]))

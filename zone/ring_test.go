@@ -310,3 +310,62 @@ func TestRingStaleWriter(t *testing.T) {
 		t.Fatalf("%d read, %d counted lost: want both", got, lost)
 	}
 }
+
+// TestWriteBatch: a batch gets consecutive sequence numbers, in its order,
+// even with another writer writing at the same time, and readers read it
+// whole.
+func TestWriteBatch(t *testing.T) {
+	o := testOptions(t, 8<<20)
+	z, other := mustOpen(t, o), mustOpen(t, o)
+	r := z.Ring()
+	rd := other.Ring().NewReader(r.Tail())
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // another writer while the batches go in (fewer records than the ring holds)
+		defer close(done)
+		for i := 0; i < 5000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			other.Ring().Write(Meta{Kind: 2}, []byte("noise"))
+		}
+	}()
+	var firsts []uint64
+	for b := 0; b < 50; b++ {
+		entries := make([]Entry, 100)
+		for i := range entries {
+			entries[i] = Entry{Meta: Meta{Kind: 1, Aux: uint64(b*1000 + i)}, Parts: [][]byte{[]byte("part-"), []byte(fmt.Sprint(i))}}
+		}
+		first, err := r.WriteBatch(entries)
+		if err != nil {
+			t.Fatal(err)
+		}
+		firsts = append(firsts, first)
+	}
+	close(stop)
+	<-done
+	got := map[uint64]Record{}
+	for {
+		rec, st := rd.TryRead()
+		if st == Empty {
+			break
+		}
+		if st == Got && rec.Kind == 1 {
+			rec.Data = append([]byte(nil), rec.Data...)
+			got[rec.Seq] = rec
+		}
+	}
+	for b, first := range firsts {
+		for i := 0; i < 100; i++ {
+			rec, ok := got[first+uint64(i)]
+			if !ok || rec.Aux != uint64(b*1000+i) || string(rec.Data) != fmt.Sprint("part-", i) {
+				t.Fatalf("batch %d record %d at %d: %+v (found %v)", b, i, first+uint64(i), rec, ok)
+			}
+		}
+	}
+	if _, err := r.WriteBatch([]Entry{{Parts: [][]byte{make([]byte, r.MaxRecord()+1)}}}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("an oversized entry: %v", err)
+	}
+}
