@@ -61,10 +61,12 @@ func TestLivePageInChromium(t *testing.T) {
 	chrome := chromiumPath(t)
 	dir := t.TempDir()
 	zone := fmt.Sprintf("e2e-%d", os.Getpid())
+	// The example runs on the default directory: remove the zone (its
+	// files, and the private directory when it is left empty) once both
+	// processes are gone (cleanups run last first).
 	t.Cleanup(func() {
-		matches, _ := filepath.Glob(fmt.Sprintf("/dev/shm/ipcbus-%d/%s.*", os.Geteuid(), zone))
-		for _, m := range matches {
-			os.Remove(m)
+		if out, err := cli(t, "ipcbus", "rm", "--zone", zone); err != nil {
+			t.Errorf("removing the test's zone: %v\n%s", err, out)
 		}
 	})
 	a, b := startLive(t, zone, dir), startLive(t, zone, dir)
