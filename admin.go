@@ -40,6 +40,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/ipcbus/events", Handler: caddy.AdminHandlerFunc(handleEvents)},
 		{Pattern: "/ipcbus/send", Handler: caddy.AdminHandlerFunc(handleSend)},
 		{Pattern: "/ipcbus/broadcast", Handler: caddy.AdminHandlerFunc(handleSend)},
+		{Pattern: "/ipcbus/fleet", Handler: caddy.AdminHandlerFunc(handleFleet)},
 	}
 }
 

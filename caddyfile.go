@@ -50,6 +50,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		alert_overflow block|drop  # default block
 //		max_streams <n>         # polls and streams of all ipcbus_poll handlers together; default 10000
 //		unique_keys <n>         # run-once keys held at once, 256 to 1048576; default 4096
+//		fleet <name> { ... }    # join a fleet of hosts through NATS JetStream (see parseFleet)
 //	}
 //
 // Every setting is optional, and so is the block.
@@ -60,10 +61,21 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		opt := d.Val()
+		if opt == "fleet" {
+			if a.Fleet != nil {
+				return d.Err("ipcbus fleet is given more than once; a host joins one fleet")
+			}
+			fc, err := parseFleet(d)
+			if err != nil {
+				return err
+			}
+			a.Fleet = fc
+			continue
+		}
 		switch opt {
 		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "blob_quota", "wait_max", "spin", "send_timeout", "alert_overflow", "max_streams", "unique_keys":
 		default:
-			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, blob_quota, wait_max, spin, send_timeout, alert_overflow, max_streams and unique_keys", opt)
+			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, blob_quota, wait_max, spin, send_timeout, alert_overflow, max_streams, unique_keys and fleet", opt)
 		}
 		var val string
 		if !d.AllArgs(&val) {

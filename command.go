@@ -27,7 +27,8 @@ func init() {
 Reads an ipcbus zone file directly (no admin endpoint needed).
 
   caddy ipcbus workers [--zone <name>] [--dir <path>] [--mode <octal>] [--json]
-      prints the node counters and the worker table;
+      prints the node counters and the worker table; with --fleet, every
+      host of the fleet, from the admin endpoint at --address;
   caddy ipcbus tail [--zone ...] [--source <s>] [--event <e>] [--since <seq>|now] [--count <n>] [--json]
       follows the events bus like tail -f: every event posted on the node,
       from now (or from sequence --since, as far back as the ring holds),
@@ -44,7 +45,7 @@ Reads an ipcbus zone file directly (no admin endpoint needed).
 --json prints the same JSON as the admin endpoint GET /ipcbus/workers.`,
 		CobraFunc: func(cmd *cobra.Command) {
 			workers := &cobra.Command{
-				Use:   "workers [--zone <name>] [--dir <path>] [--mode <octal>] [--json]",
+				Use:   "workers [--zone <name>] [--dir <path>] [--mode <octal>] [--json] [--fleet [--address <admin>]]",
 				Short: "Prints the node counters and the worker table of a zone",
 				Args:  cobra.NoArgs,
 				RunE: func(c *cobra.Command, _ []string) error {
@@ -53,11 +54,17 @@ Reads an ipcbus zone file directly (no admin endpoint needed).
 						return err
 					}
 					asJSON, _ := c.Flags().GetBool("json")
+					if all, _ := c.Flags().GetBool("fleet"); all {
+						addr, _ := c.Flags().GetString("address")
+						return printFleet(c.OutOrStdout(), addr, asJSON)
+					}
 					return printWorkers(c.OutOrStdout(), o, asJSON)
 				},
 			}
 			zoneFlags(workers)
 			workers.Flags().Bool("json", false, "print JSON")
+			workers.Flags().Bool("fleet", false, "list every host of the fleet, asking the admin endpoint at --address (GET /ipcbus/fleet)")
+			workers.Flags().String("address", "", "the admin endpoint for --fleet (default: localhost:2019, or CADDY_ADMIN)")
 			cmd.AddCommand(workers, tailCommand(), rmCommand())
 			cmd.Args = cobra.ArbitraryArgs
 			cmd.RunE = func(c *cobra.Command, args []string) error {

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/fleet"
 	"github.com/ipcbus/caddy-ipcbus/handlers"
 	"github.com/ipcbus/caddy-ipcbus/ipc"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
@@ -121,6 +122,10 @@ type App struct {
 	// default) or "drop" (fail at once; the alert is dropped and counted).
 	AlertOverflow string `json:"alert_overflow,omitempty"`
 
+	// Fleet joins the host's bus to a fleet of hosts through NATS
+	// JetStream (see FleetConfig). Default: none, the bus stays on the host.
+	Fleet *FleetConfig `json:"fleet,omitempty"`
+
 	mode   os.FileMode
 	logger *zap.Logger
 	gen    int
@@ -129,6 +134,7 @@ type App struct {
 	worker *workermgr.Worker
 	bus    *events.Bus
 	alerts *ipc.IPC
+	fleet  *fleet.Fleet
 	mu     sync.Mutex
 }
 
@@ -232,6 +238,11 @@ func (a *App) Validate() error {
 	}
 	if a.WaitMax < 0 || a.Spin < 0 {
 		return fmt.Errorf("invalid wait_max %v or spin %v: must be positive", time.Duration(a.WaitMax), time.Duration(a.Spin))
+	}
+	if a.Fleet != nil {
+		if _, err := a.Fleet.config(a); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -375,6 +386,11 @@ func (a *App) Start() (err error) {
 	if err = bus.Start(); err != nil {
 		return err
 	}
+	if a.Fleet != nil {
+		if a.fleet, err = a.startFleet(z, bus); err != nil {
+			return err
+		}
+	}
 	a.bus, a.alerts = bus, alerts
 	a.zone, a.worker = z, w
 	setStarted(a, true)
@@ -395,6 +411,7 @@ func (a *App) Stop() error {
 		reason = workermgr.ReasonShutdown
 	}
 	setStarted(a, false)
+	a.stopFleet()
 	// The bus posts "stopping" and handles what was posted before it; then
 	// the worker leaves (its exit is posted for the others).
 	_ = a.bus.Close(time.Second)

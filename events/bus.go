@@ -197,6 +197,7 @@ type Bus struct {
 	st       counters
 	unblock  chan struct{}
 	lastTick time.Time
+	claimer  atomic.Pointer[ClaimFunc]
 }
 
 type counters struct {
@@ -264,7 +265,7 @@ func New(o Options) (*Bus, error) {
 	b := &Bus{
 		o: o, z: o.Zone, ring: r, h: h, log: o.Logger,
 		rd:     r.NewReader(r.Tail()),
-		inline: min(o.InlineLimit, r.MaxRecord()-encHeader-3*MaxNameLen),
+		inline: min(o.InlineLimit, r.MaxRecord()-maxEncHeader),
 		done:   make(chan struct{}),
 	}
 	b.rd.SetWaitMax(o.WaitMax)
@@ -471,22 +472,31 @@ func (b *Bus) post(source, event string, data any, opts []PostOption) (uint64, e
 			return 0, err
 		}
 	}
-	if len(body) > b.inline {
-		name, err := b.z.PutBlob(body)
-		if err != nil {
-			return 0, b.blobFailed(err)
-		}
-		b.st.blobsWritten.Add(1)
-		e.flags |= flagBlob
-		e.payload = []byte(name)
+	if err := b.spill(&e); err != nil {
+		return 0, err
 	}
 	return b.write(e)
+}
+
+// spill moves a payload over the inline limit into a blob file.
+func (b *Bus) spill(e *encoded) error {
+	if len(e.payload) <= b.inline {
+		return nil
+	}
+	name, err := b.z.PutBlob(e.payload)
+	if err != nil {
+		return b.blobFailed(err)
+	}
+	b.st.blobsWritten.Add(1)
+	e.flags |= flagBlob
+	e.payload = []byte(name)
+	return nil
 }
 
 // write puts an encoded event on the ring, and removes its blob, if any,
 // when that fails.
 func (b *Bus) write(e encoded) (uint64, error) {
-	var hb [encHeader + 3*MaxNameLen]byte
+	var hb [maxEncHeader]byte
 	head := e.header(hb[:0])
 	meta := zone.Meta{Kind: RecordKind, PID: uint32(b.o.PID), Gen: uint32(b.o.Generation)}
 	for attempt := 0; ; attempt++ {

@@ -87,7 +87,9 @@ func (b *Bus) deliver(rec zone.Record, ev *Event) {
 	if !ok {
 		return
 	}
-	if e.flags&flagUnique != 0 && !b.z.TakeUnique(zone.UniqueTicket{Slot: e.slot, Token: e.token}) {
+	if e.flags&flagUnique != 0 && (e.flags&flagRemote != 0 || !b.z.TakeUnique(zone.UniqueTicket{Slot: e.slot, Token: e.token})) {
+		// A remote run-once event ran on its own host: here it is only shown.
+
 		b.st.uniqueSkipped.Add(1)
 		return
 	}
@@ -126,12 +128,22 @@ func (b *Bus) payloadOf(rec zone.Record, e encoded) ([]byte, bool) {
 	return data, true
 }
 
-func (b *Bus) event(rec zone.Record, e encoded, data []byte) Event {
-	return Event{
+func (b *Bus) event(rec zone.Record, e encoded, data []byte) Event { return makeEvent(rec, e, data) }
+
+// makeEvent is the Event of a decoded record; a remote event carries its
+// poster and posting time on its own host.
+func makeEvent(rec zone.Record, e encoded, data []byte) Event {
+	ev := Event{
 		Seq: rec.Seq, Source: e.source, Name: e.event, Data: data,
 		JSON: e.flags&flagJSON != 0, PID: int(rec.PID), Generation: int(rec.Gen),
 		Unique: e.unique, Time: time.Unix(0, rec.Time),
 	}
+	if e.flags&flagRemote != 0 {
+		r := &e.remote
+		ev.Node, ev.StreamSeq = r.Node, r.StreamSeq
+		ev.PID, ev.Generation, ev.Time = int(r.PID), int(r.Generation), time.Unix(0, r.Time)
+	}
+	return ev
 }
 
 // lost records events this worker will never handle: a log line, a

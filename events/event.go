@@ -39,8 +39,16 @@ type Event struct {
 	Local bool
 	// Unique is the run-once key, if any.
 	Unique string
-	// Time is when the event was committed to the ring (local: posted).
+	// Time is when the event was committed to the ring (local: posted);
+	// for a remote event, when it was posted on its host.
 	Time time.Time
+	// Node is, for an event posted on another host of a fleet and brought
+	// here by the fleet bridge, that host's node id; "" for this host's
+	// events. PID and Generation are then the poster's on that host.
+	Node string
+	// StreamSeq is a remote event's sequence in the fleet's stream; 0 for
+	// this host's events.
+	StreamSeq uint64
 }
 
 // Decode unmarshals a JSON payload into v.
@@ -62,7 +70,12 @@ const (
 	flagJSON   = 1 << 0
 	flagUnique = 1 << 1
 	flagBlob   = 1 << 2
+	flagRemote = 1 << 3
+	flagsKnown = flagJSON | flagUnique | flagBlob | flagRemote
 )
+
+// MaxNodeLen bounds a fleet node id.
+const MaxNodeLen = 64
 
 // MaxNameLen bounds source and event names (they are length-prefixed by a byte).
 const MaxNameLen = 255
@@ -78,8 +91,34 @@ const MaxNameLen = 255
 //	16  S    source
 //	…   E    event
 //	…   U    unique key
+//	with flagRemote (an event from another host of a fleet), then:
+//	…   u64  stream epoch (the fleet stream's creation time, Unix ns)
+//	…   u64  stream sequence
+//	…   u32  poster's pid on its host
+//	…   u32  poster's generation
+//	…   i64  when it was posted, Unix ns
+//	…   u8   node id length N (1..MaxNodeLen)
+//	…   N    node id
 //	…        data, or with flagBlob the blob file's name
 const encHeader = 16
+
+// maxEncHeader bounds an encoded event's header with every field at its longest.
+const maxEncHeader = encHeader + 3*MaxNameLen + remoteFixed + MaxNodeLen
+
+// remoteFixed is the size of the fixed part of the remote fields.
+const remoteFixed = 8 + 8 + 4 + 4 + 8 + 1
+
+// Remote is where an event from another host of a fleet comes from.
+type Remote struct {
+	// Node is the origin host's node id (1..MaxNodeLen bytes).
+	Node string
+	// StreamEpoch and StreamSeq name the fleet stream message it came in.
+	StreamEpoch, StreamSeq uint64
+	// PID and Generation are the poster's on its host.
+	PID, Generation uint32
+	// Time is when it was posted on its host, Unix ns.
+	Time int64
+}
 
 type encoded struct {
 	flags   byte
@@ -88,6 +127,7 @@ type encoded struct {
 	unique  string
 	slot    uint32
 	token   uint64
+	remote  Remote // with flagRemote
 	payload []byte // data or blob name
 }
 
@@ -99,7 +139,18 @@ func (e *encoded) header(dst []byte) []byte {
 	dst = append(dst, h[:]...)
 	dst = append(dst, e.source...)
 	dst = append(dst, e.event...)
-	return append(dst, e.unique...)
+	dst = append(dst, e.unique...)
+	if e.flags&flagRemote == 0 {
+		return dst
+	}
+	r := &e.remote
+	dst = binary.LittleEndian.AppendUint64(dst, r.StreamEpoch)
+	dst = binary.LittleEndian.AppendUint64(dst, r.StreamSeq)
+	dst = binary.LittleEndian.AppendUint32(dst, r.PID)
+	dst = binary.LittleEndian.AppendUint32(dst, r.Generation)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(r.Time))
+	dst = append(dst, byte(len(r.Node)))
+	return append(dst, r.Node...)
 }
 
 var errBadRecord = errors.New("malformed event record")
@@ -113,7 +164,7 @@ func decode(b []byte) (encoded, error) {
 	}
 	e := encoded{flags: b[0], slot: binary.LittleEndian.Uint32(b[4:]), token: binary.LittleEndian.Uint64(b[8:])}
 	s, ev, u := int(b[1]), int(b[2]), int(b[3])
-	if s == 0 || ev == 0 || e.flags&^(flagJSON|flagUnique|flagBlob) != 0 || (u != 0) != (e.flags&flagUnique != 0) || encHeader+s+ev+u > len(b) {
+	if s == 0 || ev == 0 || e.flags&^flagsKnown != 0 || (u != 0) != (e.flags&flagUnique != 0) || encHeader+s+ev+u > len(b) {
 		return encoded{}, errBadRecord
 	}
 	p := encHeader
@@ -123,6 +174,24 @@ func decode(b []byte) (encoded, error) {
 	p += ev
 	e.unique = string(b[p : p+u])
 	p += u
+	if e.flags&flagRemote != 0 {
+		if p+remoteFixed > len(b) {
+			return encoded{}, errBadRecord
+		}
+		r := &e.remote
+		r.StreamEpoch = binary.LittleEndian.Uint64(b[p:])
+		r.StreamSeq = binary.LittleEndian.Uint64(b[p+8:])
+		r.PID = binary.LittleEndian.Uint32(b[p+16:])
+		r.Generation = binary.LittleEndian.Uint32(b[p+20:])
+		r.Time = int64(binary.LittleEndian.Uint64(b[p+24:]))
+		n := int(b[p+32])
+		p += remoteFixed
+		if n == 0 || n > MaxNodeLen || p+n > len(b) {
+			return encoded{}, errBadRecord
+		}
+		r.Node = string(b[p : p+n])
+		p += n
+	}
 	e.payload = b[p:]
 	return e, nil
 }

@@ -59,11 +59,9 @@ func (f *Follower) Next(timeout time.Duration) (ev Event, loss Loss, ok bool) {
 					return Event{}, Loss{From: rec.Seq, Count: 1, Reason: "gap"}, false
 				}
 			}
-			return Event{
-				Seq: rec.Seq, Source: e.source, Name: e.event, Data: bytes.Clone(data), Blob: blob,
-				JSON: e.flags&flagJSON != 0, PID: int(rec.PID), Generation: int(rec.Gen),
-				Unique: e.unique, Time: time.Unix(0, rec.Time),
-			}, Loss{}, true
+			ev := makeEvent(rec, e, bytes.Clone(data))
+			ev.Blob = blob
+			return ev, Loss{}, true
 		case zone.Overrun:
 			return Event{}, Loss{From: rec.Seq, Count: rec.Lost, Reason: "overrun"}, false
 		case zone.Gap:

@@ -123,8 +123,12 @@ func (b *Bus) blobFailed(err error) error {
 	return err
 }
 
-// claim takes the unique key for e.
+// claim takes the unique key for e: beyond this host first (a fleet
+// source's key is taken fleet-wide, see SetClaim), then on the host.
 func (b *Bus) claim(e *encoded, key string) error {
+	if err := b.claimBeyond(e.source, e.event, key); err != nil {
+		return err
+	}
 	t, ok, err := b.h.ClaimUnique(key, time.Now(), b.o.UniqueTimeout, newToken())
 	if err != nil {
 		return err

@@ -62,6 +62,10 @@ func writeEventJSON(w *bufio.Writer, e *event) error {
 		b = append(b, `,"unique":`...)
 		b = appendJSONString(b, e.Unique)
 	}
+	if e.Node != "" {
+		b = append(b, `,"node":`...)
+		b = appendJSONString(b, e.Node)
+	}
 	b = append(b, '}')
 	_, err = w.Write(b)
 	return err

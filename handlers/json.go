@@ -60,12 +60,15 @@ type EventJSON struct {
 	Time time.Time `json:"time"`
 	// Unique is its run-once key, if any.
 	Unique string `json:"unique,omitempty"`
+	// Node is, for an event posted on another host of the fleet, that
+	// host's node id (PID, Generation and Time are then the poster's there).
+	Node string `json:"node,omitempty"`
 }
 
 // NewEventJSON converts an event for a JSON answer.
 func NewEventJSON(e *events.Event) EventJSON {
 	data, enc := dataJSON(e)
-	return EventJSON{Seq: e.Seq, Source: e.Source, Event: e.Name, Data: data, DataEncoding: enc, PID: e.PID, Generation: e.Generation, Time: e.Time, Unique: e.Unique}
+	return EventJSON{Seq: e.Seq, Source: e.Source, Event: e.Name, Data: data, DataEncoding: enc, PID: e.PID, Generation: e.Generation, Time: e.Time, Unique: e.Unique, Node: e.Node}
 }
 
 // DataJSON is an event's payload as a JSON value: itself when it was posted
@@ -131,7 +134,7 @@ func EventStatus(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, events.ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, events.ErrClosed), errors.Is(err, zone.ErrUniqueTableFull):
+	case errors.Is(err, events.ErrClosed), errors.Is(err, zone.ErrUniqueTableFull), errors.Is(err, events.ErrUnavailable):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError

@@ -6,7 +6,7 @@ import (
 	"unsafe"
 )
 
-// The zone file, layout version 7. All integers are little-endian (the
+// The zone file, layout version 8. All integers are little-endian (the
 // host's order: a zone is never shared across machines). Offsets are from the
 // start of the file. Every area starts on a 64-byte boundary, so the atomic
 // words are aligned and hot words do not share a cache line.
@@ -48,7 +48,9 @@ import (
 //	    +8      32                  sleepers: bit i set while member i has a reader asleep on it
 //	    +40     24                  reserved, zero
 //	512         128               node area (type Node)
-//	640         3456              reserved, zero
+//	640         128               fleet area (type FleetArea): the state of the host's
+//	                              bridge to a NATS JetStream fleet, if one is configured
+//	768         3328              reserved, zero
 //	4096        256 × 128       worker table (type WorkerSlot)
 //	36864       256 × 64        member table (type MemberSlot): one per process mapping
 //	53248       keys × 64       unique table (type uniqueSlot): run-once keys of the events bus
@@ -72,7 +74,7 @@ import (
 // member slot i is that member's.
 const (
 	// LayoutVersion is bumped whenever the meaning or position of any field changes.
-	LayoutVersion = 7
+	LayoutVersion = 8
 
 	headerSize     = 4096
 	workerSlotSize = 128
@@ -154,7 +156,8 @@ type header struct {
 	_        [48]byte
 	bells    [NumBells]bell
 
-	node Node
+	node  Node
+	fleet FleetArea
 }
 
 // bell is one doorbell: a futex word and the members asleep on it.
@@ -198,6 +201,52 @@ type Node struct {
 	// Reclaimed counts segments taken back from dead lessees.
 	Reclaimed atomic.Uint64
 	_         [24]byte
+}
+
+// FleetArea is the fleet area of a zone, 128 bytes: the state of the one
+// bridge of the host to a NATS JetStream fleet (package fleet). Every word
+// is atomic; the bridge writes them, any process reads them. It outlives
+// the processes, so that a bridge taking over continues where the last one
+// stopped.
+type FleetArea struct {
+	// Owner is the bridge lease: a random nonzero token of the bridge that
+	// holds it, 0 when none does. Taken and handed over by compare-and-swap.
+	Owner atomic.Uint64
+	// Heartbeat is when the owner last showed it is working, Unix ns; a
+	// lease whose heartbeat is older than the takeover time may be taken.
+	Heartbeat atomic.Int64
+	// OwnerPID is the process id of the owner (for display).
+	OwnerPID atomic.Uint32
+	_        uint32
+	// Since is when the owner took the lease, Unix ns.
+	Since atomic.Int64
+	// Fleet is a hash of the fleet's name and node: a bridge of another
+	// fleet (a changed config) starts the state below afresh.
+	Fleet atomic.Uint64
+	// OutNext is the ring sequence the outbound side reads next: every
+	// event before it was published and acknowledged (or lost). 0 until
+	// the first bridge starts.
+	OutNext atomic.Uint64
+	// StreamEpoch names the stream the inbound side applies (its creation
+	// time, Unix ns), and InApplied the last stream sequence applied from it.
+	StreamEpoch atomic.Uint64
+	InApplied   atomic.Uint64
+	// Published counts events published and acknowledged; OutLost events
+	// the ring overran before they were published; OutPending the events
+	// the ring holds that are not yet acknowledged (as last seen).
+	Published  atomic.Uint64
+	OutLost    atomic.Uint64
+	OutPending atomic.Uint64
+	// Applied counts remote events posted into this zone; InLag the stream
+	// messages not yet applied (as last seen); InLost the messages the
+	// stream discarded before this host applied them.
+	Applied atomic.Uint64
+	InLag   atomic.Uint64
+	InLost  atomic.Uint64
+	// NodesSeen is the highest join revision (in the fleet's nodes
+	// bucket) of a host announced on this host's bus (node_joined).
+	NodesSeen atomic.Uint64
+	_         [8]byte
 }
 
 // Node states.
@@ -413,6 +462,7 @@ func init() {
 	if unsafe.Sizeof(h) > headerSize || unsafe.Offsetof(h.SegSize) != 132 || unsafe.Offsetof(h.tail) != 192 ||
 		unsafe.Offsetof(h.dataTail) != 256 || unsafe.Offsetof(h.leaseCur) != 264 || unsafe.Offsetof(h.bells) != 320 ||
 		unsafe.Sizeof(bell{}) != 64 || unsafe.Offsetof(h.node) != 512 || unsafe.Sizeof(Node{}) != 128 ||
+		unsafe.Offsetof(h.fleet) != 640 || unsafe.Sizeof(FleetArea{}) != 128 ||
 		unsafe.Sizeof(WorkerSlot{}) != workerSlotSize || unsafe.Sizeof(MemberSlot{}) != memberSlotSize ||
 		unsafe.Sizeof(indexSlot{}) != indexSlotSize || unsafe.Sizeof(segSlot{}) != segSlotSize ||
 		unsafe.Sizeof(frame{}) != frameSize || unsafe.Sizeof(uniqueSlot{}) != uniqueSlotSize ||

@@ -436,6 +436,9 @@ func (z *Zone) CreatedAt() time.Time { return time.Unix(0, z.hdr.CreatedAt) }
 // Node is the node area: state and counters.
 func (z *Zone) Node() *Node { return &z.hdr.node }
 
+// Fleet is the zone's fleet area.
+func (z *Zone) Fleet() *FleetArea { return &z.hdr.fleet }
+
 // Ring is the zone's broadcast ring.
 func (z *Zone) Ring() *Ring { return z.ring }
 

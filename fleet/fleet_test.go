@@ -1,0 +1,552 @@
+package fleet
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/zone"
+)
+
+// natsServer is an embedded NATS server with JetStream on a temp dir; it
+// can be shut down and started again on the same port and store.
+type natsServer struct {
+	t    *testing.T
+	dir  string
+	port int
+	s    *server.Server
+}
+
+func startNATS(t *testing.T) *natsServer {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	ns := &natsServer{t: t, dir: t.TempDir(), port: port}
+	ns.start()
+	t.Cleanup(ns.stop)
+	return ns
+}
+
+func (ns *natsServer) start() {
+	ns.t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: ns.port, JetStream: true, StoreDir: ns.dir, NoLog: true, NoSigs: true})
+	if err != nil {
+		ns.t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		ns.t.Fatal("embedded NATS server not ready")
+	}
+	ns.s = s
+}
+
+func (ns *natsServer) stop() {
+	if ns.s != nil {
+		ns.s.Shutdown()
+		ns.s.WaitForShutdown()
+		ns.s = nil
+	}
+}
+
+func (ns *natsServer) url() string { return "nats://127.0.0.1:" + strconv.Itoa(ns.port) }
+
+// host is one host of a test fleet: a zone and its workers, each a bus
+// with its fleet part (as separate processes would have).
+type host struct {
+	node    string
+	z       *zone.Zone
+	workers []*worker
+}
+
+type worker struct {
+	bus   *events.Bus
+	fleet *Fleet
+}
+
+var pids atomic.Int32
+
+func newHost(t *testing.T, ns *natsServer, node string, workers int, size int64, mod ...func(*Config)) *host {
+	t.Helper()
+	z, err := zone.Open(zone.Options{Name: "fl", Dir: t.TempDir(), Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z.Close() })
+	h := &host{node: node, z: z}
+	for range workers {
+		h.addWorker(t, ns, mod...)
+	}
+	return h
+}
+
+func (h *host) addWorker(t *testing.T, ns *natsServer, mod ...func(*Config)) *worker {
+	t.Helper()
+	b, err := events.New(events.Options{Zone: h.z, PID: 1000 + int(pids.Add(1)), Generation: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Name: "test", URLs: []string{ns.url()}, Node: h.node, Logger: zaptest.NewLogger(t), NodeTTL: 2 * time.Second}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	f, err := New(cfg, h.z, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Start()
+	w := &worker{bus: b, fleet: f}
+	h.workers = append(h.workers, w)
+	t.Cleanup(func() {
+		w.fleet.Close(false)
+		b.Close(time.Second)
+	})
+	return w
+}
+
+// pair starts hosts "a" (with aWorkers workers and a zone of aSize) and
+// "b" (one worker), and waits for both bridges.
+func pair(t *testing.T, ns *natsServer, aWorkers int, aSize int64, mod ...func(*Config)) (a, b *host) {
+	t.Helper()
+	a = newHost(t, ns, "a", aWorkers, aSize, mod...)
+	b = newHost(t, ns, "b", 1, 4<<20, mod...)
+	a.bridge(t)
+	b.bridge(t)
+	return a, b
+}
+
+// bridge waits until one of the host's workers runs the bridge with its
+// inbound consumer set up, and returns it.
+func (h *host) bridge(t *testing.T) *worker {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, w := range h.workers {
+			if w.fleet.Bridging() && h.z.Fleet().StreamEpoch.Load() != 0 {
+				return w
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("host %s: no bridge after 10s", h.node)
+	return nil
+}
+
+// collect follows a host's bus from now and gathers the events of source.
+type collector struct {
+	mu  sync.Mutex
+	evs []events.Event
+}
+
+func (h *host) collect(t *testing.T, source string) *collector {
+	return h.collectIf(t, func(ev *events.Event) bool { return ev.Source == source }, true)
+}
+
+// collectRemote gathers the events of source that came from node.
+func (h *host) collectRemote(t *testing.T, source, node string) *collector {
+	return h.collectIf(t, func(ev *events.Event) bool { return ev.Source == source && ev.Node == node }, true)
+}
+
+// collectIf gathers the events keep keeps; strict fails the test on a loss.
+func (h *host) collectIf(t *testing.T, keep func(*events.Event) bool, strict bool) *collector {
+	t.Helper()
+	c := &collector{}
+	fl := events.NewFollower(h.z, h.z.Ring().Tail())
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ev, loss, ok := fl.Next(50 * time.Millisecond)
+			if loss.Count > 0 && strict {
+				t.Errorf("host %s: follower lost %+v", h.node, loss)
+			}
+			if ok && keep(&ev) {
+				c.mu.Lock()
+				c.evs = append(c.evs, ev)
+				c.mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return c
+}
+
+func (c *collector) get() []events.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]events.Event(nil), c.evs...)
+}
+
+func (c *collector) wait(t *testing.T, n int, within time.Duration) []events.Event {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got := c.get()
+		if len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// checkSeries asserts evs are exactly the events "from".."from+n-1" of
+// node (from 0 unless given), in order.
+func checkSeries(t *testing.T, evs []events.Event, node string, n int, from ...int) {
+	t.Helper()
+	if len(evs) != n {
+		t.Fatalf("got %d events, want %d", len(evs), n)
+	}
+	first := 0
+	if len(from) > 0 {
+		first = from[0]
+	}
+	for i, ev := range evs {
+		if want := strconv.Itoa(first + i); ev.Name != want || ev.Node != node {
+			t.Fatalf("event %d is %q from node %q, want %q from %q", i, ev.Name, ev.Node, want, node)
+		}
+	}
+}
+
+func TestFleetCarriesEventsBothWays(t *testing.T) {
+	ns := startNATS(t)
+	a := newHost(t, ns, "a", 2, 4<<20)
+	b := newHost(t, ns, "b", 2, 4<<20)
+	a.bridge(t)
+	b.bridge(t)
+	onB, onA := b.collectRemote(t, "app", "a"), a.collect(t, "app")
+	var handled atomic.Int64
+	b.workers[1].bus.Register(func(ev *events.Event) {
+		if ev.Node == "a" && string(ev.Data) == `{"i":1}` {
+			handled.Add(1)
+		}
+	}, "app")
+	const n = 2000
+	for i := range n {
+		if _, err := a.workers[i%2].bus.Post("app", strconv.Itoa(i), map[string]int{"i": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.workers[0].bus.Post("app", "from-b", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	got := onB.wait(t, n, 20*time.Second)
+	checkSeries(t, got, "a", n)
+	if !got[1].JSON || got[1].PID == 0 || got[1].StreamSeq == 0 || got[1].Time.IsZero() {
+		t.Fatalf("remote event lost its fields: %+v", got[1])
+	}
+	fromB := onA.wait(t, n+1, 10*time.Second)
+	if len(fromB) != n+1 || fromB[n].Name != "from-b" || fromB[n].Node != "b" || string(fromB[n].Data) != "hello" {
+		t.Fatalf("host a got %d events, last %+v", len(fromB), fromB[len(fromB)-1])
+	}
+	for _, ev := range fromB[:n] {
+		if ev.Node != "" {
+			t.Fatalf("host a got its own event back from the fleet: %+v", ev)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if len(onB.get()) != n || handled.Load() != 1 {
+		t.Fatalf("host b: %d events after the wait (want %d), handler ran %d times (want 1)", len(onB.get()), n, handled.Load())
+	}
+	st := a.workers[0].fleet.Status(t.Context())
+	if st.Out.Published != n || st.In.Applied != 1 || len(st.Nodes) != 2 || !st.Connected || st.Bridge.PID == 0 {
+		t.Fatalf("status of a: %+v", st)
+	}
+}
+
+func TestFleetSourcesStayHome(t *testing.T) {
+	ns := startNATS(t)
+	only := func(c *Config) { c.Sources = []string{"shared*"} }
+	a, b := pair(t, ns, 1, 4<<20, only)
+	onB := b.collect(t, "shared.x")
+	for _, src := range []string{"local", events.Source, "shared.x"} {
+		if _, err := a.workers[0].bus.Post(src, "0", "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkSeries(t, onB.wait(t, 1, 10*time.Second), "a", 1)
+	if pub := a.z.Fleet().Published.Load(); pub != 1 {
+		t.Fatalf("published %d events, want 1 (only shared.x)", pub)
+	}
+}
+
+func TestFleetUniqueOnceFleetWide(t *testing.T) {
+	ns := startNATS(t)
+	a, b := pair(t, ns, 1, 4<<20)
+	for round := range 20 {
+		key := fmt.Sprintf("purge-%d", round)
+		var wins, dups atomic.Int32
+		var wg sync.WaitGroup
+		for _, h := range []*host{a, b} {
+			wg.Go(func() {
+				_, err := h.workers[0].bus.Post("cache", "purge", "x", events.Unique(key))
+				switch {
+				case err == nil:
+					wins.Add(1)
+				case errors.Is(err, events.ErrDuplicate):
+					dups.Add(1)
+				default:
+					t.Errorf("post: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		if wins.Load() != 1 || dups.Load() != 1 {
+			t.Fatalf("round %d: %d posts won and %d were duplicates, want 1 and 1", round, wins.Load(), dups.Load())
+		}
+	}
+	// Only the winner's host runs it; the other shows it.
+}
+
+func TestFleetUniqueRefusedWithoutNATS(t *testing.T) {
+	ns := startNATS(t)
+	a := newHost(t, ns, "a", 1, 4<<20)
+	a.bridge(t)
+	ns.stop()
+	deadline := time.Now().Add(5 * time.Second)
+	for a.workers[0].fleet.nc.IsConnected() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, err := a.workers[0].bus.Post("cache", "purge", "x", events.Unique("k"))
+	if !errors.Is(err, events.ErrUnavailable) {
+		t.Fatalf("unique post with NATS away: %v, want ErrUnavailable", err)
+	}
+	if _, err := a.workers[0].bus.Post("cache", "purge", "x"); err != nil {
+		t.Fatalf("plain post with NATS away: %v", err)
+	}
+	if _, err := a.workers[0].bus.Post(events.Source+".x", "e", "x", events.Unique("k")); err != nil {
+		t.Fatalf("unique post of a host-only source with NATS away: %v", err)
+	}
+}
+
+// halt stops a worker's fleet part as a kill would: no lease handed back,
+// the connection dropped.
+func (w *worker) halt() {
+	f := w.fleet
+	f.stopOnce.Do(func() { close(f.stop) })
+	owner := f.fa.Owner.Load()
+	<-f.done
+	f.fa.Owner.CompareAndSwap(0, owner) // release() gave it back: take that back
+	f.nc.Close()
+}
+
+func TestFleetTakeoverLosesNothing(t *testing.T) {
+	ns := startNATS(t)
+	a := newHost(t, ns, "a", 3, 4<<20)
+	b := newHost(t, ns, "b", 1, 4<<20)
+	first := a.bridge(t)
+	b.bridge(t)
+	onB := b.collect(t, "app")
+	var poster *worker
+	for _, w := range a.workers {
+		if w != first {
+			poster = w
+			break
+		}
+	}
+	const n = 3000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range n {
+			if _, err := poster.bus.Post("app", strconv.Itoa(i), "x"); err != nil {
+				t.Error(err)
+				return
+			}
+			if i%100 == 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	killed := time.Now()
+	first.halt()
+	deadline := time.Now().Add(5 * time.Second)
+	var next *worker
+	for next == nil && time.Now().Before(deadline) {
+		for _, w := range a.workers {
+			if w != first && w.fleet.Bridging() {
+				next = w
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if next == nil {
+		t.Fatal("no worker took the bridge over")
+	}
+	t.Logf("bridge taken over %v after the halt", time.Since(killed).Round(time.Millisecond))
+	<-done
+	checkSeries(t, onB.wait(t, n, 20*time.Second), "a", n)
+	time.Sleep(200 * time.Millisecond)
+	if got := len(onB.get()); got != n {
+		t.Fatalf("host b got %d events after settling, want %d", got, n)
+	}
+}
+
+func TestFleetCatchesUpAfterNATSOutage(t *testing.T) {
+	ns := startNATS(t)
+	a, b := pair(t, ns, 2, 4<<20)
+	onB := b.collect(t, "app")
+	onA := a.collect(t, "app")
+	const n = 1000
+	for i := range n / 2 {
+		if _, err := a.workers[0].bus.Post("app", strconv.Itoa(i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	onB.wait(t, n/2, 10*time.Second)
+	ns.stop()
+	for i := n / 2; i < n; i++ {
+		if _, err := a.workers[1].bus.Post("app", strconv.Itoa(i), "x"); err != nil {
+			t.Fatalf("post with NATS away: %v", err)
+		}
+	}
+	if got := len(onA.wait(t, n, 5*time.Second)); got != n {
+		t.Fatalf("host a's own bus got %d of its events with NATS away, want %d", got, n)
+	}
+	time.Sleep(time.Second)
+	ns.start()
+	got := onB.wait(t, n, 30*time.Second)
+	t.Logf("a published %d, b applied up to stream seq %d, b got %d", a.z.Fleet().Published.Load(), b.z.Fleet().InApplied.Load(), len(got))
+	checkSeries(t, got, "a", n)
+	if lost := a.z.Fleet().OutLost.Load(); lost != 0 {
+		t.Fatalf("out lost %d", lost)
+	}
+}
+
+func TestFleetCountsOverrunExactly(t *testing.T) {
+	ns := startNATS(t)
+	a, b := pair(t, ns, 1, 1<<20)
+	onB := b.collect(t, "app")
+	lostEvents := a.collectIf(t, func(ev *events.Event) bool { return ev.Source == events.Source && ev.Name == EventLost }, false)
+	ns.stop()
+	for a.workers[0].fleet.nc.IsConnected() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Far more than a 1 MiB ring holds.
+	const n = 40000
+	payload := make([]byte, 200)
+	for i := range n {
+		if _, err := a.workers[0].bus.Post("app", strconv.Itoa(i), payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns.start()
+	// The count is of ring records: the 40,000 events, plus the few other
+	// records of the stretch (this test's lifecycle and fleet events).
+	const others = 10
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if got, lost := uint64(len(onB.get())), a.z.Fleet().OutLost.Load(); lost > 0 && got+lost >= n {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	got, lost := uint64(len(onB.get())), a.z.Fleet().OutLost.Load()
+	if lost == 0 || got+lost < n || got+lost > n+others {
+		t.Fatalf("b got %d, a counted %d lost: want a loss, and the two to add up to %d (+ at most %d other records)", got, lost, n, others)
+	}
+	// What arrived is the newest, in order, without a hole.
+	evs := onB.get()
+	first, _ := strconv.Atoi(evs[0].Name)
+	checkSeries(t, evs, "a", len(evs), first)
+	var reported uint64
+	for _, ev := range lostEvents.get() {
+		if ev.Name == EventLost {
+			var l struct{ Count uint64 }
+			if err := ev.Decode(&l); err != nil {
+				t.Fatal(err)
+			}
+			reported += l.Count
+		}
+	}
+	if reported != lost {
+		t.Fatalf("fleet_lost events report %d, the counter %d", reported, lost)
+	}
+}
+
+func TestFleetNodesJoinAndLeave(t *testing.T) {
+	ns := startNATS(t)
+	a := newHost(t, ns, "a", 1, 4<<20)
+	a.bridge(t)
+	onA := a.collect(t, events.Source)
+	b := newHost(t, ns, "b", 1, 4<<20)
+	b.bridge(t)
+	waitFor := func(name string) events.Event {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, ev := range onA.get() {
+				if ev.Name == name {
+					return ev
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("no %s on host a", name)
+		return events.Event{}
+	}
+	var en Entry
+	if ev := waitFor(EventNodeJoined); ev.Decode(&en) != nil || en.Node != "b" {
+		t.Fatalf("node_joined: %s", ev.Data)
+	}
+	// b's last worker leaves: a sees it at once, not after the TTL.
+	b.workers[0].fleet.Close(true)
+	ev := waitFor(EventNodeLeft)
+	if string(ev.Data) != `{"node":"b","reason":"stopped"}` {
+		t.Fatalf("node_left: %s", ev.Data)
+	}
+	joins := 0
+	for _, ev := range onA.get() {
+		if ev.Name == EventNodeJoined {
+			joins++
+		}
+	}
+	if joins != 1 {
+		t.Fatalf("%d node_joined events, want 1", joins)
+	}
+}
+
+func TestFleetNodeLeftByTTL(t *testing.T) {
+	ns := startNATS(t)
+	a := newHost(t, ns, "a", 1, 4<<20)
+	a.bridge(t)
+	onA := a.collect(t, events.Source)
+	b := newHost(t, ns, "b", 1, 4<<20)
+	b.bridge(t)
+	time.Sleep(500 * time.Millisecond)
+	stopped := time.Now()
+	b.workers[0].halt() // killed: no goodbye
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, ev := range onA.get() {
+			if ev.Name == EventNodeLeft {
+				t.Logf("node_left %v after the halt (TTL 2s)", time.Since(stopped).Round(time.Millisecond))
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("no node_left within 10s of a 2s TTL")
+}

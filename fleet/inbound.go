@@ -1,0 +1,148 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/zone"
+)
+
+// inbound posts the other hosts' events into this host's ring, in the
+// stream's order, each exactly once. The position of record is the zone:
+// the ring record of a remote event carries its stream sequence and is
+// what commits it here, and the fleet area's InApplied follows it. A bridge
+// taking over starts after the higher of the two, so an event posted just
+// before its predecessor died is neither lost nor posted again. An ordered
+// consumer reads the stream from there: no server-side ack state can fall
+// out of step with the ring, and no redelivery after an ack timeout can
+// reorder events.
+func (f *Fleet) inbound(ctx context.Context) error {
+	st, err := f.stream(ctx)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", f.cfg.Stream(), err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", f.cfg.Stream(), err)
+	}
+	epoch := uint64(info.Created.UnixNano())
+	switch prev := f.fa.StreamEpoch.Load(); {
+	case prev == 0:
+		// This host's first bridge: the fleet's events from now on.
+		f.fa.InApplied.Store(info.State.LastSeq)
+		f.fa.StreamEpoch.Store(epoch)
+	case prev != epoch:
+		f.log.Warn("fleet: the stream was created again: applying it from its start", zap.String("stream", f.cfg.Stream()))
+		f.fa.InApplied.Store(0)
+		f.fa.StreamEpoch.Store(epoch)
+	}
+	applied := f.fa.InApplied.Load()
+	if last, err := f.bus.LastRemote(epoch, 2*time.Second); err != nil {
+		return err
+	} else if last > applied {
+		applied = last
+		f.fa.InApplied.Store(last)
+	}
+	if first := info.State.FirstSeq; info.State.Msgs > 0 && first > applied+1 {
+		f.lostIn(first-applied-1, applied+1)
+		applied = first - 1
+		f.fa.InApplied.Store(applied)
+	}
+	cons, err := f.js.OrderedConsumer(ctx, f.cfg.Stream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{f.cfg.eventsFilter()},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    applied + 1,
+		// One try to make the consumer again (its server gone, say), then
+		// this part starts over from the zone's position, with its own
+		// bounded requests, rather than the client retrying for ever.
+		MaxResetAttempts: 1,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer on %s: %w", f.cfg.Stream(), err)
+	}
+	// A pull expiring every 5s with heartbeats every 2s: a consumer lost
+	// with its server is noticed (missed heartbeats) and made again.
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(2*time.Second))
+	if err != nil {
+		return fmt.Errorf("consumer on %s: %w", f.cfg.Stream(), err)
+	}
+	defer it.Stop()
+	for ctx.Err() == nil {
+		// No timeout of our own: each Next restarts the heartbeat check,
+		// so short waits would hide a consumer lost with its server.
+		m, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", f.cfg.Stream(), err)
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", f.cfg.Stream(), err)
+		}
+		s := md.Sequence.Stream
+		if s <= applied {
+			continue
+		}
+		if s > applied+1 {
+			f.lostIn(s-applied-1, applied+1)
+		}
+		if err := f.apply(ctx, m.Data(), epoch, s); err != nil {
+			return err
+		}
+		applied = s
+		f.fa.InApplied.Store(s)
+		f.fa.InLag.Store(md.NumPending)
+	}
+	return ctx.Err()
+}
+
+// apply posts one stream message into the ring, unless it is this host's
+// own event (already here) or malformed.
+func (f *Fleet) apply(ctx context.Context, body []byte, epoch, s uint64) error {
+	m, err := decode(body)
+	if err != nil {
+		if n := f.malformed.Add(1); n&(n-1) == 0 {
+			f.log.Error("fleet: skipping a malformed message", zap.String("stream", f.cfg.Stream()), zap.Uint64("stream_seq", s), zap.Uint64("so_far", n))
+		}
+		return nil
+	}
+	if m.node == f.cfg.Node {
+		return nil
+	}
+	r := events.Remote{Node: m.node, StreamEpoch: epoch, StreamSeq: s, PID: m.pid, Generation: m.gen, Time: m.time}
+	for backoff := time.Millisecond; ; backoff = min(2*backoff, 100*time.Millisecond) {
+		// The last check before the post: a bridge that was silent so long
+		// that another took over must not post what the other one posts.
+		if !f.owned() {
+			return errNotOwner
+		}
+		_, err := f.bus.PostRemote(m.source, m.event, m.data, m.json, m.unique, r)
+		if err == nil {
+			f.fa.Applied.Add(1)
+			return nil
+		}
+		if !errors.Is(err, zone.ErrRingBusy) && !errors.Is(err, events.ErrBlobQuota) {
+			f.fa.InLost.Add(1)
+			f.log.Error("fleet: a remote event could not be posted on this host", zap.String("node", m.node), zap.Uint64("stream_seq", s), zap.Error(err))
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// lostIn counts stream messages this host will never apply: the stream
+// dropped them (max_age, max_bytes) before this host read them.
+func (f *Fleet) lostIn(n, from uint64) {
+	f.fa.InLost.Add(n)
+	f.log.Error("fleet: the stream dropped events before this host applied them", zap.String("stream", f.cfg.Stream()), zap.Uint64("from", from), zap.Uint64("count", n))
+	f.post(EventLost, map[string]any{"direction": "in", "count": n, "from": from})
+}
