@@ -48,7 +48,7 @@ var (
 	// ErrReceiverSlow is returned when a receiver stays too far behind for
 	// the whole send timeout (policy block), or at once (policy drop).
 	ErrReceiverSlow = errors.New("alert receiver is not keeping up")
-	errSizeChanged = errors.New("the blob file changed size since it was read")
+	errSizeChanged  = errors.New("the blob file changed size since it was read")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("ipc is closed")
 	// ErrBlobQuota is returned (wrapped) for data that would take the
