@@ -10,7 +10,6 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/ipcbus/caddy-ipcbus/handlers"
-	"github.com/ipcbus/caddy-ipcbus/ipc"
 )
 
 // The actions of on_alert.
@@ -102,16 +101,10 @@ type OnAlert struct {
 // ending in "*" ("*" alone matches everything).
 func matchName(pattern, name string) bool { return handlers.MatchAlertName(pattern, name) }
 
-// checkAlertPattern checks an alert name pattern.
+// checkAlertPattern checks an alert name pattern; what names the setting.
 func checkAlertPattern(what, p string) error {
-	n := strings.TrimSuffix(p, "*")
-	switch {
-	case p == "":
-		return fmt.Errorf("%s: the alert name is empty; give a name, a prefix ending in * or * for every alert", what)
-	case len(n) > ipc.MaxNameLen:
-		return fmt.Errorf("%s: alert name %.20q… is %d bytes, alert names have at most %d", what, p, len(n), ipc.MaxNameLen)
-	case strings.Contains(n, "*"):
-		return fmt.Errorf("%s: alert name pattern %q: * is allowed only at the end (a prefix)", what, p)
+	if err := handlers.CheckAlertPattern(p); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

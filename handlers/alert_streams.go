@@ -1,9 +1,12 @@
 package handlers
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/ipcbus/caddy-ipcbus/ipc"
 )
 
 // alertStreams counts the alert name patterns of this process's
@@ -71,3 +74,22 @@ func MatchAlertName(pattern, name string) bool {
 	}
 	return pattern == name
 }
+
+// checkAlertPattern checks an alert name pattern: a name of 1 to 254
+// bytes, or a prefix of one ending in *; * nowhere else.
+func checkAlertPattern(p string) error {
+	n, _ := strings.CutSuffix(p, "*")
+	switch {
+	case p == "":
+		return fmt.Errorf("an alert name pattern is empty; give a name, a prefix ending in * or * for every alert")
+	case len(n) > ipc.MaxNameLen:
+		return fmt.Errorf("alert name %.20q… is %d bytes, alert names have at most %d", p, len(n), ipc.MaxNameLen)
+	case strings.Contains(n, "*"):
+		return fmt.Errorf("alert name pattern %q: * is allowed only at the end (a prefix)", p)
+	}
+	return nil
+}
+
+// CheckAlertPattern checks a configured alert name pattern (see
+// MatchAlertName).
+func CheckAlertPattern(p string) error { return checkAlertPattern(p) }

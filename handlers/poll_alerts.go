@@ -1,0 +1,54 @@
+package handlers
+
+import (
+	"net/http"
+
+	"github.com/ipcbus/caddy-ipcbus/ipc"
+)
+
+// alertReader reads the alerts to this process (and the broadcasts) from
+// the ring one at a time, a blob's data as its open file, as reader does
+// events.
+type alertReader struct {
+	c    *ipc.IPC
+	keep func(name string) bool
+}
+
+func (p alertReader) changed() <-chan struct{} { return p.c.Changed() }
+func (p alertReader) closed() bool             { return p.c.Closed() }
+
+func (p alertReader) read(since uint64) (*event, uint64, uint64) {
+	var lost uint64
+	for {
+		as, next, l := p.c.Range(since, 1, p.keep)
+		lost += l
+		if len(as) == 0 {
+			return nil, next, lost
+		}
+		ev, err := openAlert(p.c, &as[0])
+		if err == nil {
+			return ev, next, lost
+		}
+		lost++ // its blob was removed since Range saw it
+		since = next
+	}
+}
+
+// alertFilter keeps the alerts whose name matches a configured pattern
+// and, when the request has "name" parameters (several, or
+// comma-separated; each exact or a prefix ending in *), one of those too.
+func (h *Poll) alertFilter(r *http.Request) func(string) bool {
+	asked, _ := values(r, nil, "name")
+	return func(name string) bool {
+		return matchAny(h.Alerts, name) && (len(asked) == 0 || matchAny(asked, name))
+	}
+}
+
+func matchAny(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if MatchAlertName(p, name) {
+			return true
+		}
+	}
+	return false
+}
