@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -21,6 +22,13 @@ import (
 func init() {
 	caddy.RegisterModule(new(Poll))
 }
+
+// HeaderPID is the response header in which ipcbus_poll names the pid of
+// the process that serves the request.
+const HeaderPID = "X-Ipcbus-Pid"
+
+// processPID is this process's pid, for HeaderPID.
+var processPID = strconv.Itoa(os.Getpid())
 
 // Defaults of Poll.
 const (
@@ -66,6 +74,10 @@ const (
 // "caddy" by default) are served only where the configured sources name
 // them explicitly ("ipcbus.workers", "ipcbus.*", "caddy"; not "*", and
 // not through a placeholder or the query).
+//
+// Every answer carries the header X-Ipcbus-Pid: the pid of the Caddy
+// process that serves it, so that a client (the live page) can show which
+// process of the node it is connected to.
 //
 // Both end cleanly on Caddy's "stopping" event, so a reload or a stop
 // never waits on them, and both count against max_streams and the
@@ -260,6 +272,7 @@ func (h *Poll) filter(r *http.Request) filter {
 // ServeHTTP serves a stream or a long-poll.
 func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	w.Header().Add("Vary", "Accept")
+	w.Header().Set(HeaderPID, processPID)
 	if !allow(w, r, http.MethodGet, http.MethodHead) {
 		return nil
 	}

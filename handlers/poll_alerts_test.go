@@ -60,7 +60,11 @@ func TestPollAlertsServeHTTP(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := &Poll{Alerts: tc.patterns}
 			use(t, app, h)
-			p := alertsPage(t, run(t, pollServe(h), request("GET", fmt.Sprintf("/a?since=%d&timeout=0%s", first, tc.query), nil, 0)))
+			ans := run(t, pollServe(h), request("GET", fmt.Sprintf("/a?since=%d&timeout=0%s", first, tc.query), nil, 0))
+			if ans.header.Get(HeaderPID) != strconv.Itoa(me) {
+				t.Errorf("%s: %q", HeaderPID, ans.header.Get(HeaderPID))
+			}
+			p := alertsPage(t, ans)
 			var got []string
 			for _, a := range p.Alerts {
 				if a.PID != me || a.Generation != 1 || a.Time.IsZero() {
