@@ -82,11 +82,11 @@ func (a *App) parseOnAlert(d *caddyfile.Dispenser) error {
 				o.QueueSize = v
 			}
 		case "queue_bytes":
-			v, err := humanize.ParseBytes(val)
-			if err != nil || v == 0 || v > 1<<40 {
-				return d.Errf("on_alert webhook queue_bytes: %q is not a size; write it like 16MiB", val)
+			v, err := queueBytes(d, "on_alert webhook", val)
+			if err != nil {
+				return err
 			}
-			o.QueueBytes = int64(v)
+			o.QueueBytes = v
 		default:
 			return d.Errf("unknown on_alert webhook setting %q; the settings are timeout, attempts, backoff, queue_size and queue_bytes", opt)
 		}
@@ -129,26 +129,24 @@ func (a *App) parseEmit(d *caddyfile.Dispenser) error {
 			} else {
 				e.Events = append(e.Events, vals...)
 			}
-		case "queue_size":
+		case "queue_size", "queue_bytes":
 			var val string
 			if !d.AllArgs(&val) {
-				return d.Errf("ipcbus emit queue_size needs exactly one value")
+				return d.Errf("ipcbus emit %s needs exactly one value", opt)
+			}
+			if opt == "queue_bytes" {
+				v, err := queueBytes(d, "ipcbus emit", val)
+				if err != nil {
+					return err
+				}
+				e.QueueBytes = v
+				break
 			}
 			v, err := strconv.Atoi(val)
 			if err != nil || v < 1 {
 				return d.Errf("ipcbus emit queue_size: %q must be a number from 1 up", val)
 			}
 			e.QueueSize = v
-		case "queue_bytes":
-			var val string
-			if !d.AllArgs(&val) {
-				return d.Errf("ipcbus emit queue_bytes needs exactly one value")
-			}
-			v, err := humanize.ParseBytes(val)
-			if err != nil || v == 0 || v > 1<<40 {
-				return d.Errf("ipcbus emit queue_bytes: %q is not a size; write it like 16MiB", val)
-			}
-			e.QueueBytes = int64(v)
 		default:
 			return d.Errf("unknown ipcbus emit setting %q; the settings are alerts, events, queue_size and queue_bytes", opt)
 		}
@@ -160,4 +158,13 @@ func (a *App) parseEmit(d *caddyfile.Dispenser) error {
 	}
 	a.Emit = e
 	return nil
+}
+
+// queueBytes reads a queue_bytes value: a size from 1 byte to 1TiB.
+func queueBytes(d *caddyfile.Dispenser, what, val string) (int64, error) {
+	v, err := humanize.ParseBytes(val)
+	if err != nil || v == 0 || v > 1<<40 {
+		return 0, d.Errf("%s queue_bytes: %q is not a size from 1 byte to 1TiB; write it like 16MiB", what, val)
+	}
+	return int64(v), nil
 }

@@ -1,13 +1,6 @@
 package ipcbus
 
-import (
-	"encoding/json"
-	"strings"
-	"testing"
-
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-)
+import "testing"
 
 // TestOnAlertCaddyfile: the on_alert and emit settings of the ipcbus
 // global option become the app's JSON, and bad ones are refused with
@@ -112,23 +105,6 @@ func TestOnAlertCaddyfile(t *testing.T) {
 		}`, `error: ipcbus emit is given more than once`},
 	}
 	for _, tt := range tests {
-		v, err := parseGlobalOption(caddyfile.NewTestDispenser(tt.in), nil)
-		if want, isErr := strings.CutPrefix(tt.want, "error: "); isErr {
-			if err == nil || !strings.Contains(err.Error(), want) {
-				t.Errorf("%s: error %v, want %q", tt.in, err, want)
-			}
-			continue
-		}
-		if err != nil {
-			t.Errorf("%s: %v", tt.in, err)
-			continue
-		}
-		got := string(v.(httpcaddyfile.App).Value)
-		var a, b any
-		json.Unmarshal([]byte(got), &a)
-		json.Unmarshal([]byte(tt.want), &b)
-		if mustJSON(a) != mustJSON(b) {
-			t.Errorf("%s:\n got %s\nwant %s", tt.in, got, tt.want)
-		}
+		checkGlobalOption(t, tt.in, tt.want)
 	}
 }

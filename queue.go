@@ -1,6 +1,11 @@
 package ipcbus
 
-import "sync/atomic"
+import (
+	"context"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+)
 
 // queue is a bounded FIFO between a delivery goroutine, which must never
 // block on it, and the goroutine of a reaction (emitter, webhook): at most
@@ -70,4 +75,20 @@ func isPow2Between(lo, hi uint64) bool {
 		}
 	}
 	return false
+}
+
+// serve hands the queued items to handle, one at a time, until ctx ends;
+// then it drops what is left, counts it in dropped and logs msg.
+func (q *queue[T]) serve(ctx context.Context, handle func(T), dropped *atomic.Uint64, log *zap.Logger, msg string) {
+	for {
+		select {
+		case <-ctx.Done():
+			if n := q.drain(); countDrop(dropped, n) {
+				log.Warn(msg, zap.Uint64("dropped", n))
+			}
+			return
+		case it := <-q.ch:
+			handle(q.taken(it))
+		}
+	}
 }

@@ -281,20 +281,10 @@ func startEmitter(ctx caddy.Context, ev *caddyevents.App, o *Emit, log *zap.Logg
 
 func (e *emitter) run(ctx caddy.Context, ev *caddyevents.App) {
 	defer close(e.done)
-	for {
-		select {
-		case <-e.ctx.Done():
-			// The worker stops: what is left is dropped.
-			if n := e.q.drain(); countDrop(&reactionCounters.emitDropped, n) {
-				e.log.Warn("the worker stopped before these events were emitted", zap.Uint64("dropped", n))
-			}
-			return
-		case it := <-e.q.ch:
-			x := e.q.taken(it)
-			ev.Emit(ctx, x.name, x.data)
-			reactionCounters.emitted.Add(1)
-		}
-	}
+	e.q.serve(e.ctx, func(x emitted) {
+		ev.Emit(ctx, x.name, x.data)
+		reactionCounters.emitted.Add(1)
+	}, &reactionCounters.emitDropped, e.log, "the worker stopped before these events were emitted")
 }
 
 // enqueue queues an event for emission; it never blocks.

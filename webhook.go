@@ -55,17 +55,7 @@ func (h *webhook) enqueue(al *ipc.Alert) {
 
 func (h *webhook) run() {
 	defer close(h.done)
-	for {
-		select {
-		case <-h.ctx.Done():
-			if n := h.q.drain(); countDrop(&reactionCounters.hookDropped, n) {
-				h.log.Warn("on_alert webhook: the worker stopped before these alerts were sent", zap.Uint64("dropped", n))
-			}
-			return
-		case it := <-h.q.ch:
-			h.deliver(h.q.taken(it))
-		}
-	}
+	h.q.serve(h.ctx, h.deliver, &reactionCounters.hookDropped, h.log, "on_alert webhook: the worker stopped before these alerts were sent")
 }
 
 // deliver tries one alert up to Attempts times, waiting Backoff (doubled

@@ -394,24 +394,33 @@ func (p reader) closed() bool             { return p.bus.Closed() }
 // closes it), the sequence to read next, and how many events were lost
 // (a blob removed before it could be opened among them).
 func (p reader) read(since uint64) (*event, uint64, uint64) {
+	return readOne(since, func(from uint64) ([]events.Event, uint64, uint64) { return p.bus.RangeRefs(from, 1, p.keep) }, openEvent)
+}
+
+// readOne reads one item at a time with rng from since on, and opens the
+// first it finds with open: the item (nil if none yet), the sequence to
+// read next, and how many were lost (one that fails to open, its blob
+// removed since rng saw it, among them).
+func readOne[T any](since uint64, rng func(uint64) ([]T, uint64, uint64), open func(*T) (*event, error)) (*event, uint64, uint64) {
 	var lost uint64
 	for {
-		evs, next, l := p.bus.RangeRefs(since, 1, p.keep)
+		items, next, l := rng(since)
 		lost += l
-		if len(evs) == 0 {
+		if len(items) == 0 {
 			return nil, next, lost
 		}
-		ev, err := openEvent(&evs[0])
+		ev, err := open(&items[0])
 		if err == nil {
 			return ev, next, lost
 		}
-		lost++ // removed since RangeRefs saw it
+		lost++
 		since = next
 	}
 }
 
 // writePage writes a page, {"<key>":[…],"next":N,"lost":L} (key is
-// "events", or "alerts"), one event at a time: first (if any), then what p reads from next on, until limit
+// "events", or "alerts"), one event at a time: first (if any), then what
+// p reads from next on, until limit
 // events, about maxBytes of payload (an event that would pass it waits
 // for the next page, unless it is the first), or the end of the ring.
 // It closes the events it writes or leaves.

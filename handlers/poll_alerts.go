@@ -18,20 +18,8 @@ func (p alertReader) changed() <-chan struct{} { return p.c.Changed() }
 func (p alertReader) closed() bool             { return p.c.Closed() }
 
 func (p alertReader) read(since uint64) (*event, uint64, uint64) {
-	var lost uint64
-	for {
-		as, next, l := p.c.Range(since, 1, p.keep)
-		lost += l
-		if len(as) == 0 {
-			return nil, next, lost
-		}
-		ev, err := openAlert(p.c, &as[0])
-		if err == nil {
-			return ev, next, lost
-		}
-		lost++ // its blob was removed since Range saw it
-		since = next
-	}
+	return readOne(since, func(from uint64) ([]ipc.AlertRef, uint64, uint64) { return p.c.Range(from, 1, p.keep) },
+		func(a *ipc.AlertRef) (*event, error) { return openAlert(p.c, a) })
 }
 
 // alertFilter keeps the alerts whose name matches a configured pattern

@@ -15,11 +15,7 @@ import (
 
 func alertsPage(t *testing.T, a answer) AlertsPage {
 	t.Helper()
-	var p AlertsPage
-	if a.code != 200 || json.Unmarshal([]byte(a.body), &p) != nil {
-		t.Fatalf("%d %s", a.code, a.body)
-	}
-	return p
+	return decodePage[AlertsPage](t, a)
 }
 
 // TestPollAlertsServeHTTP: with alerts, ipcbus_poll serves the alerts to

@@ -105,8 +105,7 @@ func (c *IPC) Close() error {
 	c.open = false
 	c.stop.Store(true)
 	c.rd.Interrupt()
-	c.watched.Store(true)
-	c.notifyWatchers() // pollers waiting on Changed look again (and find the IPC closed)
+	c.changes.Notify() // pollers waiting on Changed look again (and find the IPC closed)
 	// While a handler runs (Close may be called from it: nothing tells
 	// which goroutine calls), the loop ends when the handler returns,
 	// without reading on: where it stopped is already known. Otherwise the
@@ -198,7 +197,9 @@ func (c *IPC) loop(prev *IPC) {
 			if !skip { // else a newer worker of this process handles it
 				c.deliver(rec)
 			}
-			c.notifyWatchers()
+			if c.changes.Watched() {
+				c.changes.Notify()
+			}
 		case zone.Overrun, zone.Gap:
 			c.st.lost.Add(rec.Lost)
 			c.log.Warn("alerts may have been lost", zap.Uint64("from", rec.Seq), zap.Uint64("count", rec.Lost), zap.Stringer("reason", st))

@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ipcbus/caddy-ipcbus/internal/notify"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
@@ -199,9 +200,7 @@ type IPC struct {
 	hmu      sync.Mutex
 
 	// Watchers of the alerts delivered to this process (see Changed).
-	nmu     sync.Mutex
-	notify  chan struct{}
-	watched atomic.Bool
+	changes notify.Notifier
 
 	// Hand-over between the workers of one process (see deliver.go).
 	skipMu sync.Mutex

@@ -122,28 +122,7 @@ func (c *IPC) OpenBlob(a *AlertRef) (*os.File, error) {
 // Changed returns a channel closed when the delivery goroutine has read
 // another alert to this process (or a broadcast), or the IPC closes: take
 // it before Range, wait on it after an empty Range.
-func (c *IPC) Changed() <-chan struct{} {
-	c.nmu.Lock()
-	defer c.nmu.Unlock()
-	if c.notify == nil {
-		c.notify = make(chan struct{})
-	}
-	c.watched.Store(true)
-	return c.notify
-}
-
-func (c *IPC) notifyWatchers() {
-	if !c.watched.Load() {
-		return
-	}
-	c.nmu.Lock()
-	defer c.nmu.Unlock()
-	c.watched.Store(false)
-	if c.notify != nil {
-		close(c.notify)
-		c.notify = nil
-	}
-}
+func (c *IPC) Changed() <-chan struct{} { return c.changes.Changed() }
 
 // Closed reports whether Close was called.
 func (c *IPC) Closed() bool { return c.stop.Load() }
