@@ -190,3 +190,19 @@ func TestOnAlertLog(t *testing.T) {
 		})
 	}
 }
+
+// TestOnAlertReloadOutsideRun: outside `caddy run` (here, a test binary,
+// where SIGUSR1 would end the process) reload signals nothing: it logs an
+// error and counts no reload.
+func TestOnAlertReloadOutsideRun(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	r := &reactions{actions: []*OnAlert{{Name: "reload-me", Action: ActionReload}}, log: zap.New(core)}
+	before := readReactionStats().Reloads
+	r.Alert(&ipc.Alert{Name: "reload-me", Sender: 7})
+	if readReactionStats().Reloads != before {
+		t.Fatal("a reload was counted")
+	}
+	if logs.Len() != 1 || logs.All()[0].Level != zapcore.ErrorLevel || !strings.Contains(logs.All()[0].Message, "not started with `caddy run`") {
+		t.Fatalf("log %v", logs.All())
+	}
+}
