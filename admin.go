@@ -149,6 +149,9 @@ type StatsReport struct {
 	// HTTP has the counters of the HTTP handlers of this process (open
 	// streams, streams refused and slow clients dropped, bodies refused).
 	HTTP handlers.Stats `json:"http"`
+	// Reactions has this process's counters of on_alert and emit (actions
+	// run, webhook deliveries, retries and drops, events emitted and dropped).
+	Reactions ReactionStats `json:"reactions"`
 	// Ring is the zone ring's tail and geometry.
 	Ring RingStats `json:"ring"`
 }
@@ -184,6 +187,7 @@ func (a *App) statsLocked() StatsReport {
 	rep.Events.Add(a.bus.Stats())
 	rep.Alerts.Add(a.alerts.Stats())
 	rep.HTTP = handlers.ReadStats()
+	rep.Reactions = readReactionStats()
 	ring := a.zone.Ring()
 	rep.Ring = RingStats{Tail: ring.Tail(), Slots: ring.Slots(), DataBytes: ring.DataSize(), Segments: ring.Segments(),
 		SegmentSize: ring.SegmentSize(), MaxRecord: ring.MaxRecord()}

@@ -51,6 +51,28 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		max_streams <n>         # polls and streams of all ipcbus_poll handlers together; default 10000
 //		unique_keys <n>         # run-once keys held at once, 256 to 1048576; default 4096
 //		fleet <name> { ... }    # join a fleet of hosts through NATS JetStream (see parseFleet)
+//
+//		# React to the IPC alerts this process receives (sent to its pid, or
+//		# broadcast). <name> is exact, or a prefix ending in * (* for all);
+//		# every matching line runs, in order. Repeatable.
+//		on_alert <name> reload                  # reload the config file, as SIGUSR1 does
+//		on_alert <name> log [<level>]           # debug, info (default), warn or error
+//		on_alert <name> post <source> <event>   # a bus event with the alert's data
+//		on_alert <name> webhook <url> {         # POST the data; the block is optional
+//			timeout     <duration>   # one attempt, default 5s
+//			attempts    <n>          # 1 to 10, the first included, default 4
+//			backoff     <duration>   # before the 2nd attempt, doubling up to 30s, default 500ms
+//			queue_size  <n>          # alerts waiting, default 64
+//			queue_bytes <size>       # their data, default 16MiB
+//		}
+//
+//		# Emit into Caddy's events app, for events handlers (events { on ipcbus_alert … }).
+//		emit {
+//			alerts      <name>...              # as ipcbus_alert
+//			events      <source>[/<event>]...  # as ipcbus_event; either part may end in *
+//			queue_size  <n>                    # default 1024
+//			queue_bytes <size>                 # default 16MiB
+//		}
 //	}
 //
 // Every setting is optional, and so is the block.
@@ -73,9 +95,19 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		}
 		switch opt {
+		case "on_alert":
+			if err := a.parseOnAlert(d); err != nil {
+				return err
+			}
+			continue
+		case "emit":
+			if err := a.parseEmit(d); err != nil {
+				return err
+			}
+			continue
 		case "zone", "dir", "size", "mode", "heartbeat", "dead_after", "unique_timeout", "max_payload", "blob_quota", "wait_max", "spin", "send_timeout", "alert_overflow", "max_streams", "unique_keys":
 		default:
-			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, blob_quota, wait_max, spin, send_timeout, alert_overflow, max_streams, unique_keys and fleet", opt)
+			return d.Errf("unknown ipcbus setting %q; the settings are zone, dir, size, mode, heartbeat, dead_after, unique_timeout, max_payload, blob_quota, wait_max, spin, send_timeout, alert_overflow, max_streams, unique_keys, on_alert, emit and fleet", opt)
 		}
 		var val string
 		if !d.AllArgs(&val) {

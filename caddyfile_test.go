@@ -123,28 +123,34 @@ func TestGlobalOption(t *testing.T) {
 		}`, `error: ipcbus blob_quota: 1048576 bytes is smaller than max_payload (2097152 bytes)`},
 	}
 	for _, tt := range tests {
-		d := caddyfile.NewTestDispenser(tt.in)
-		v, err := parseGlobalOption(d, nil)
-		if want, isErr := strings.CutPrefix(tt.want, "error: "); isErr {
-			if err == nil || !strings.Contains(err.Error(), want) {
-				t.Errorf("%s: error %v, want %q", tt.in, err, want)
-			}
-			continue
-		}
-		if err != nil {
-			t.Errorf("%s: %v", tt.in, err)
-			continue
-		}
-		got := string(v.(httpcaddyfile.App).Value)
-		var a, b any
-		json.Unmarshal([]byte(got), &a)
-		json.Unmarshal([]byte(tt.want), &b)
-		if ja, _ := json.Marshal(a); string(ja) != mustJSON(b) {
-			t.Errorf("%s: got %s, want %s", tt.in, got, tt.want)
-		}
+		checkGlobalOption(t, tt.in, tt.want)
 	}
 	if _, err := parseGlobalOption(caddyfile.NewTestDispenser("ipcbus"), httpcaddyfile.App{}); err == nil {
 		t.Error("a second ipcbus block was accepted")
+	}
+}
+
+// checkGlobalOption parses an ipcbus global option and compares the app's
+// JSON with want, or its error with want's text after "error: ".
+func checkGlobalOption(t *testing.T, in, want string) {
+	t.Helper()
+	v, err := parseGlobalOption(caddyfile.NewTestDispenser(in), nil)
+	if msg, isErr := strings.CutPrefix(want, "error: "); isErr {
+		if err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%s: error %v, want %q", in, err, msg)
+		}
+		return
+	}
+	if err != nil {
+		t.Errorf("%s: %v", in, err)
+		return
+	}
+	got := string(v.(httpcaddyfile.App).Value)
+	var a, b any
+	json.Unmarshal([]byte(got), &a)
+	json.Unmarshal([]byte(want), &b)
+	if mustJSON(a) != mustJSON(b) {
+		t.Errorf("%s:\n got %s\nwant %s", in, got, want)
 	}
 }
 

@@ -127,8 +127,13 @@ func (f *Forward) drop(name, why string) {
 	}
 }
 
-// Handle queues the event; it never blocks.
+// Handle queues the event; it never blocks. The events the ipcbus app
+// emits (ipcbus_alert, ipcbus_event: see Emit) came from the bus or the
+// alerts, and are not put back on the bus, which would loop.
 func (f *Forward) Handle(_ context.Context, e caddy.Event) error {
+	if _, ours := e.Origin().(*App); ours {
+		return nil
+	}
 	body := forwardedBody{ID: e.ID().String(), Time: e.Timestamp(), Data: e.Data}
 	if o := e.Origin(); o != nil {
 		body.Origin = string(o.CaddyModule().ID)

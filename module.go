@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
@@ -126,16 +127,31 @@ type App struct {
 	// JetStream (see FleetConfig). Default: none, the bus stays on the host.
 	Fleet *FleetConfig `json:"fleet,omitempty"`
 
-	mode   os.FileMode
-	logger *zap.Logger
-	gen    int
-	zone   *zone.Zone
-	poolK  string
-	worker *workermgr.Worker
-	bus    *events.Bus
-	alerts *ipc.IPC
-	fleet  *fleet.Fleet
-	mu     sync.Mutex
+	// OnAlert lists what this process does when it receives an IPC alert
+	// (sent to its pid, or broadcast) whose name matches: reload its
+	// config, log it, post it on the bus, or POST it to a webhook. Every
+	// matching action runs, in order. See OnAlert.
+	OnAlert []*OnAlert `json:"on_alert,omitempty"`
+
+	// Emit puts received IPC alerts and bus events into Caddy's events
+	// app (as "ipcbus_alert" and "ipcbus_event"), for Caddy's events
+	// handler modules. See Emit.
+	Emit *Emit `json:"emit,omitempty"`
+
+	mode       os.FileMode
+	ctx        caddy.Context
+	events     *caddyevents.App
+	emitEvents []eventPattern
+	react      *reactions
+	logger     *zap.Logger
+	gen        int
+	zone       *zone.Zone
+	poolK      string
+	worker     *workermgr.Worker
+	bus        *events.Bus
+	alerts     *ipc.IPC
+	fleet      *fleet.Fleet
+	mu         sync.Mutex
 }
 
 // CaddyModule returns the Caddy module information.
@@ -148,8 +164,20 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults. It joins nothing: `caddy validate` provisions too.
 func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.setDefaults()
+	if a.Emit != nil {
+		ev, err := ctx.App("events")
+		if err != nil {
+			return fmt.Errorf("loading the events app for emit: %w", err)
+		}
+		e, ok := ev.(*caddyevents.App)
+		if !ok {
+			return fmt.Errorf("emit: the events app is a %T, not Caddy's", ev)
+		}
+		a.events = e
+	}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering ipcbus metrics: %w", err)
 	}
@@ -183,6 +211,14 @@ func (a *App) setDefaults() {
 	}
 	if a.BlobQuota == 0 {
 		a.BlobQuota = max(zone.DefaultBlobQuota, a.MaxPayload)
+	}
+	for _, o := range a.OnAlert {
+		if o != nil {
+			o.setDefaults()
+		}
+	}
+	if a.Emit != nil {
+		a.Emit.setDefaults()
 	}
 }
 
@@ -243,6 +279,21 @@ func (a *App) Validate() error {
 		if _, err := a.Fleet.config(a); err != nil {
 			return err
 		}
+	}
+	for i, o := range a.OnAlert {
+		if o == nil {
+			return fmt.Errorf("on_alert %d is null: give an object with name and action", i)
+		}
+		if err := o.validate(i); err != nil {
+			return err
+		}
+	}
+	if a.Emit != nil {
+		evs, err := a.Emit.validate()
+		if err != nil {
+			return err
+		}
+		a.emitEvents = evs
 	}
 	return nil
 }
@@ -380,6 +431,16 @@ func (a *App) Start() (err error) {
 		return err
 	}
 	alerts.SetWorkerSlot(w.Slot())
+	// The reactions observe before delivery starts, so that none of this
+	// worker's alerts or events passes them by.
+	react := a.newReactions(bus)
+	alerts.SetObserver(react)
+	defer func() {
+		if err != nil {
+			alerts.Close() // before the goroutines the observer feeds stop
+			react.stop()
+		}
+	}()
 	if err = alerts.Start(); err != nil {
 		return err
 	}
@@ -391,7 +452,7 @@ func (a *App) Start() (err error) {
 			return err
 		}
 	}
-	a.bus, a.alerts = bus, alerts
+	a.bus, a.alerts, a.react = bus, alerts, react
 	a.zone, a.worker = z, w
 	setStarted(a, true)
 	a.logger.Info("joined zone", zap.String("zone", a.Zone), zap.String("path", z.Path()), zap.String("worker", w.ID()), zap.Int64("size", z.Size()))
@@ -416,6 +477,10 @@ func (a *App) Stop() error {
 	// the worker leaves (its exit is posted for the others).
 	_ = a.bus.Close(time.Second)
 	_ = a.alerts.Close()
+	// Nothing feeds the reactions any more: end their goroutines (a
+	// webhook attempt under way is cancelled).
+	a.react.stop()
+	a.react = nil
 	addEventStats(a.bus.Stats(), a.alerts.Stats())
 	err := a.worker.Leave(reason)
 	addStats(a.worker.Stats())

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ipcbus/caddy-ipcbus/internal/goid"
+	"github.com/ipcbus/caddy-ipcbus/internal/notify"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
@@ -179,11 +180,9 @@ type Bus struct {
 
 	stop    atomic.Bool
 	done    chan struct{}
-	rmu     sync.RWMutex // posts and pollers hold it to use the zone
-	shut    bool         // set under rmu by Detach
-	watched atomic.Bool  // someone waits on Changed
-	nmu     sync.Mutex
-	notify  chan struct{}
+	rmu     sync.RWMutex    // posts and pollers hold it to use the zone
+	shut    bool            // set under rmu by Detach
+	changes notify.Notifier // for the waiters on Changed
 	// loopGID is the delivery goroutine's id, and handling is set while
 	// one of its handlers runs: Poll from a handler must fail, not wait for
 	// itself. Nothing but the goroutine's id tells a handler's Poll from
@@ -336,7 +335,7 @@ func (b *Bus) Close(drain time.Duration) error {
 		b.rd.Interrupt()
 		<-b.done
 	}
-	b.notifyWatchers()
+	b.changes.Notify()
 	return b.h.Close()
 }
 
@@ -617,25 +616,7 @@ func (b *Bus) countRefusal(err error) {
 // another ring record. Pollers that are not handlers (HTTP long-polls and
 // streams) read the ring with Range, and wait on Changed when they are
 // caught up: get the channel first, then check Next, then wait.
-func (b *Bus) Changed() <-chan struct{} {
-	b.nmu.Lock()
-	defer b.nmu.Unlock()
-	if b.notify == nil {
-		b.notify = make(chan struct{})
-	}
-	b.watched.Store(true)
-	return b.notify
-}
-
-func (b *Bus) notifyWatchers() {
-	b.nmu.Lock()
-	defer b.nmu.Unlock()
-	b.watched.Store(false)
-	if b.notify != nil {
-		close(b.notify)
-		b.notify = nil
-	}
-}
+func (b *Bus) Changed() <-chan struct{} { return b.changes.Changed() }
 
 // Tail is the sequence number the next event posted by anyone will get
 // (or a later one): "now", for pollers that start from now.

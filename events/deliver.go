@@ -33,8 +33,8 @@ func (b *Bus) loop() {
 			if b.o.OnCursor != nil {
 				b.o.OnCursor(next)
 			}
-			if b.watched.Load() {
-				b.notifyWatchers()
+			if b.changes.Watched() {
+				b.changes.Notify()
 			}
 		}
 		if st == zone.Empty {

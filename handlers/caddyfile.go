@@ -175,12 +175,17 @@ func (h *Broadcast) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		limit         <n>           # most events per long-poll answer, default 100, at most 10000
 //		max_bytes     <size>        # payload bytes per answer or stream batch, default 1MiB
 //		envelope                    # stream events as JSON objects (source included)
+//		alerts        [<name>...]   # serve the IPC alerts to this process instead; no name: all
 //	}
 //
 // Without source or event, the request's "source" and "event" query
 // parameters filter. Placeholders are allowed in sources and events. The
 // reserved sources (ipcbus, ipcbus.*, and those of ipcbus_forward, "caddy"
 // by default) are served only where a source written here names them.
+// With alerts, the route serves the IPC alerts addressed to this process
+// (and broadcasts) whose name matches (exact, or a prefix ending in *),
+// as JSON objects with the sender's pid, instead of events; sources,
+// events and envelope are then not allowed.
 func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	h.Sources = d.RemainingArgs()
@@ -246,8 +251,19 @@ func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("ipcbus_poll envelope takes no value")
 			}
 			h.Envelope = true
+		case "alerts":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				names = []string{"*"}
+			}
+			for _, n := range names {
+				if err := checkAlertPattern(n); err != nil {
+					return d.Errf("ipcbus_poll alerts: %v", err)
+				}
+			}
+			h.Alerts = append(h.Alerts, names...)
 		default:
-			return d.Errf("unknown ipcbus_poll setting %q; the settings are source, event, timeout, max_timeout, keepalive, write_timeout, max_streams, limit, max_bytes and envelope", opt)
+			return d.Errf("unknown ipcbus_poll setting %q; the settings are source, event, timeout, max_timeout, keepalive, write_timeout, max_streams, limit, max_bytes, envelope and alerts", opt)
 		}
 	}
 	return nil

@@ -332,3 +332,8 @@ func PostError(w http.ResponseWriter, app Bus, err error) *Error {
 	}
 	return httpErr(EventStatus(err), err)
 }
+
+// CheckName applies the events bus's rules for sources and event names
+// (1 to 255 bytes, no line break or NUL) to a configured one; what names
+// it in the error.
+func CheckName(what, s string) error { return checkName(what, s) }

@@ -22,10 +22,15 @@ func writeEventJSON(w *bufio.Writer, e *event) error {
 	var sb [512]byte
 	b := append(sb[:0], `{"seq":`...)
 	b = strconv.AppendUint(b, e.Seq, 10)
-	b = append(b, `,"source":`...)
-	b = appendJSONString(b, e.Source)
-	b = append(b, `,"event":`...)
-	b = appendJSONString(b, e.Name)
+	if e.alert {
+		b = append(b, `,"name":`...)
+		b = appendJSONString(b, e.Name)
+	} else {
+		b = append(b, `,"source":`...)
+		b = appendJSONString(b, e.Source)
+		b = append(b, `,"event":`...)
+		b = appendJSONString(b, e.Name)
+	}
 	b = append(b, `,"data":`...)
 	w.Write(b)
 	switch kind {
@@ -58,6 +63,10 @@ func writeEventJSON(w *bufio.Writer, e *event) error {
 	b = append(b, `,"time":"`...)
 	b = e.Time.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, '"')
+	if e.alert {
+		b = append(b, `,"broadcast":`...)
+		b = strconv.AppendBool(b, e.toAll)
+	}
 	if e.Unique != "" {
 		b = append(b, `,"unique":`...)
 		b = appendJSONString(b, e.Unique)

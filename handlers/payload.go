@@ -8,15 +8,23 @@ import (
 	"unicode/utf8"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
+	"github.com/ipcbus/caddy-ipcbus/ipc"
 )
 
 // event is an event as pages and streams write it: its payload in memory
 // (Event.Data, at most what the ring carries) or in its blob file, open
 // and read a piece at a time, so that a request never holds a large
 // payload whole. close gives the file back.
+//
+// An IPC alert (ipcbus_poll alerts) is one too: its name in Name, its
+// sender in PID and Generation, alert set.
 type event struct {
 	*events.Event
-	f *os.File // the blob's, when Event.Blob is set
+	f        *os.File // the blob's, when the payload is in a blob file
+	blobName string   // the blob file's name, "" without one
+	blobSize int64
+	alert    bool // an IPC alert, not a bus event
+	toAll    bool // an alert to every process
 }
 
 // openEvent opens the blob of e, if it has one. A blob removed since it
@@ -28,7 +36,22 @@ func openEvent(e *events.Event) (*event, error) {
 		if err != nil {
 			return nil, err
 		}
-		ev.f = f
+		ev.f, ev.blobName, ev.blobSize = f, e.Blob.Name, e.Blob.Size
+	}
+	return ev, nil
+}
+
+// openAlert makes an alert from the ring an event to write, its blob file
+// open if it has one. A blob removed since it was read fails (the caller
+// counts it lost).
+func openAlert(c *ipc.IPC, a *ipc.AlertRef) (*event, error) {
+	ev := &event{Event: &events.Event{Seq: a.Seq, Name: a.Name, Data: a.Data, PID: a.Sender, Generation: a.SenderGeneration, Time: a.Time}, alert: true, toAll: a.ToAll}
+	if a.Blob != "" {
+		f, err := c.OpenBlob(a)
+		if err != nil {
+			return nil, err
+		}
+		ev.f, ev.blobName, ev.blobSize = f, a.Blob, a.Size
 	}
 	return ev, nil
 }
@@ -42,8 +65,8 @@ func (e *event) close() {
 
 // size is the payload's length: what max_bytes counts.
 func (e *event) size() int64 {
-	if e.Blob != nil {
-		return e.Blob.Size
+	if e.blobName != "" {
+		return e.blobSize
 	}
 	return int64(len(e.Data))
 }
@@ -64,7 +87,7 @@ func (e *event) pieces(runes bool, fn func([]byte)) error {
 	bp := chunks.Get().(*[]byte)
 	defer chunks.Put(bp)
 	buf := *bp
-	r := io.NewSectionReader(e.f, 0, e.Blob.Size)
+	r := io.NewSectionReader(e.f, 0, e.blobSize)
 	var total int64
 	carry := 0
 	for {
@@ -75,13 +98,13 @@ func (e *event) pieces(runes bool, fn func([]byte)) error {
 			if n > 0 {
 				fn(buf[:n])
 			}
-			if total != e.Blob.Size {
-				return fmt.Errorf("reading blob %s: it ended after %d of its %d bytes", e.Blob.Name, total, e.Blob.Size)
+			if total != e.blobSize {
+				return fmt.Errorf("reading blob %s: it ended after %d of its %d bytes", e.blobName, total, e.blobSize)
 			}
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("reading blob %s: %w", e.Blob.Name, err)
+			return fmt.Errorf("reading blob %s: %w", e.blobName, err)
 		}
 		cut := n
 		if runes {
@@ -123,13 +146,13 @@ func (e *event) kind() (int, error) {
 	if e.f == nil {
 		return dataKind(e.Event), nil
 	}
-	if e.JSON && e.Blob.Size == 0 {
+	if e.JSON && e.blobSize == 0 {
 		return kindNull, nil
 	}
 	if e.JSON {
-		ok, err := events.ValidJSON(io.NewSectionReader(e.f, 0, e.Blob.Size))
+		ok, err := events.ValidJSON(io.NewSectionReader(e.f, 0, e.blobSize))
 		if err != nil {
-			return 0, fmt.Errorf("reading blob %s: %w", e.Blob.Name, err)
+			return 0, fmt.Errorf("reading blob %s: %w", e.blobName, err)
 		}
 		if ok {
 			return kindJSON, nil

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -21,6 +22,13 @@ import (
 func init() {
 	caddy.RegisterModule(new(Poll))
 }
+
+// HeaderPID is the response header in which ipcbus_poll names the pid of
+// the process that serves the request.
+const HeaderPID = "X-Ipcbus-Pid"
+
+// processPID is this process's pid, for HeaderPID.
+var processPID = strconv.Itoa(os.Getpid())
 
 // Defaults of Poll.
 const (
@@ -67,6 +75,10 @@ const (
 // them explicitly ("ipcbus.workers", "ipcbus.*", "caddy"; not "*", and
 // not through a placeholder or the query).
 //
+// Every answer carries the header X-Ipcbus-Pid: the pid of the Caddy
+// process that serves it, so that a client (the live page) can show which
+// process of the node it is connected to.
+//
 // Both end cleanly on Caddy's "stopping" event, so a reload or a stop
 // never waits on them, and both count against max_streams and the
 // process-wide cap (503 beyond).
@@ -108,11 +120,29 @@ type Poll struct {
 	// so that a client can tell sources apart and binary payloads arrive
 	// whole (in base64). The `event:` field stays the event's name.
 	Envelope bool `json:"envelope,omitempty"`
+	// Alerts makes the handler serve the IPC alerts addressed to this
+	// process (sent to its pid, or broadcast to every process) whose name
+	// matches one of these (exact, or a prefix ending in *; "*" for
+	// every alert), instead of bus events: sources and events must then
+	// be empty. The request's "name" parameters (several, or
+	// comma-separated, patterns the same way) narrow them further.
+	// Streams and long-polls work as for events (since, Last-Event-ID,
+	// ipcbus.lost, the same limits), each alert written as the JSON
+	// object {"seq","name","data","data_encoding"?,"pid","generation",
+	// "time","broadcast"}: pid and generation are the sender's, data its
+	// text as a string, or base64 with "data_encoding":"base64" when it
+	// is not UTF-8. A stream frame is `id: <seq>`, `event: <name>`,
+	// `data: <that object>`; a long-poll answers
+	// {"alerts":[…],"next":SEQ,"lost":N}. Serving an alert does not
+	// handle it in Go (its handler still runs), but an alert a configured
+	// handler streams counts as received, not unhandled.
+	Alerts []string `json:"alerts,omitempty"`
 
 	base
 	open    atomic.Int64
 	logger  *zap.Logger
 	uncount func()
+	unwatch func()
 }
 
 // CaddyModule returns the Caddy module information.
@@ -125,6 +155,9 @@ func (h *Poll) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.setDefaults()
 	h.uncount = countHandler(int64(h.MaxStreams))
+	if len(h.Alerts) > 0 {
+		h.unwatch = watchAlerts(h.Alerts)
+	}
 	return h.provision(ctx)
 }
 
@@ -165,6 +198,13 @@ func (h *Poll) Validate() error {
 		return fmt.Errorf("ipcbus_poll: limit must be between 1 and %d, was %d", MaxPollLimit, h.Limit)
 	case h.MaxBytes < 0:
 		return fmt.Errorf("ipcbus_poll: max_bytes must be positive, was %d", h.MaxBytes)
+	case len(h.Alerts) > 0 && (len(h.Sources) > 0 || len(h.Events) > 0 || h.Envelope):
+		return fmt.Errorf("ipcbus_poll: alerts serves IPC alerts, which have a name but no source or event (and always come as JSON objects): leave sources, events and envelope out, or serve events on another route")
+	}
+	for _, p := range h.Alerts {
+		if err := checkAlertPattern(p); err != nil {
+			return fmt.Errorf("ipcbus_poll alerts: %w", err)
+		}
 	}
 	return nil
 }
@@ -173,6 +213,9 @@ func (h *Poll) Validate() error {
 func (h *Poll) Cleanup() error {
 	if h.uncount != nil {
 		h.uncount()
+	}
+	if h.unwatch != nil {
+		h.unwatch()
 	}
 	h.cleanup()
 	return nil
@@ -229,16 +272,17 @@ func (h *Poll) filter(r *http.Request) filter {
 // ServeHTTP serves a stream or a long-poll.
 func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	w.Header().Add("Vary", "Accept")
+	w.Header().Set(HeaderPID, processPID)
 	if !allow(w, r, http.MethodGet, http.MethodHead) {
 		return nil
 	}
-	bus := h.app.Bus()
-	if bus == nil {
+	p, key, tail := h.feed(r)
+	if p == nil {
 		writeError(w, r, httpErr(http.StatusServiceUnavailable, errNotRunning))
 		return nil
 	}
 	q := r.URL.Query()
-	since, err := h.since(r, bus)
+	since, err := h.since(r, tail)
 	if err != nil {
 		writeError(w, r, err)
 		return nil
@@ -274,16 +318,16 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	}
 	defer release(&h.open)
 	if stream {
-		h.stream(w, r, bus, h.filter(r), since)
+		h.stream(w, r, p, h.Envelope || len(h.Alerts) > 0, since)
 		return nil
 	}
-	h.longPoll(w, r, bus, h.filter(r), since, timeout, limit)
+	h.longPoll(w, r, p, key, since, timeout, limit)
 	return nil
 }
 
 // since is where the answer starts: after Last-Event-ID, at the since
 // parameter, else at the ring's tail (now).
-func (h *Poll) since(r *http.Request, bus *events.Bus) (uint64, *Error) {
+func (h *Poll) since(r *http.Request, tail func() uint64) (uint64, *Error) {
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
 		id, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || id == math.MaxUint64 {
@@ -298,7 +342,7 @@ func (h *Poll) since(r *http.Request, bus *events.Bus) (uint64, *Error) {
 		}
 		return s, nil
 	}
-	return bus.Tail(), nil
+	return tail(), nil
 }
 
 func (h *Poll) headers(w http.ResponseWriter, stream bool) {
@@ -322,6 +366,19 @@ func parseTimeout(v string) (time.Duration, error) {
 	return caddy.ParseDuration(v)
 }
 
+// feed is what a page or a stream reads: the bus's events (reader) or
+// the alerts to this process (alertReader).
+type feed interface {
+	// read returns the next item after since (nil if none yet; the
+	// caller closes it), the sequence to read next, and how many were lost.
+	read(since uint64) (*event, uint64, uint64)
+	// changed is closed when there may be more to read: take it before
+	// read, wait on it after a read that found nothing.
+	changed() <-chan struct{}
+	// closed reports that nothing more will come (the worker stopped).
+	closed() bool
+}
+
 // reader reads a bus one event at a time, a payload in a blob file as its
 // open file (events.Bus.RangeRefs), so that a request holds at most one
 // payload at once, and never a large one whole.
@@ -330,34 +387,46 @@ type reader struct {
 	keep func(source, name string) bool
 }
 
+func (p reader) changed() <-chan struct{} { return p.bus.Changed() }
+func (p reader) closed() bool             { return p.bus.Closed() }
+
 // read returns the next event after since (nil if none yet; the caller
 // closes it), the sequence to read next, and how many events were lost
 // (a blob removed before it could be opened among them).
 func (p reader) read(since uint64) (*event, uint64, uint64) {
+	return readOne(since, func(from uint64) ([]events.Event, uint64, uint64) { return p.bus.RangeRefs(from, 1, p.keep) }, openEvent)
+}
+
+// readOne reads one item at a time with rng from since on, and opens the
+// first it finds with open: the item (nil if none yet), the sequence to
+// read next, and how many were lost (one that fails to open, its blob
+// removed since rng saw it, among them).
+func readOne[T any](since uint64, rng func(uint64) ([]T, uint64, uint64), open func(*T) (*event, error)) (*event, uint64, uint64) {
 	var lost uint64
 	for {
-		evs, next, l := p.bus.RangeRefs(since, 1, p.keep)
+		items, next, l := rng(since)
 		lost += l
-		if len(evs) == 0 {
+		if len(items) == 0 {
 			return nil, next, lost
 		}
-		ev, err := openEvent(&evs[0])
+		ev, err := open(&items[0])
 		if err == nil {
 			return ev, next, lost
 		}
-		lost++ // removed since RangeRefs saw it
+		lost++
 		since = next
 	}
 }
 
-// writePage writes a page, {"events":[…],"next":N,"lost":L}, one event at
-// a time: first (if any), then what p reads from next on, until limit
+// writePage writes a page, {"<key>":[…],"next":N,"lost":L} (key is
+// "events", or "alerts"), one event at a time: first (if any), then what
+// p reads from next on, until limit
 // events, about maxBytes of payload (an event that would pass it waits
 // for the next page, unless it is the first), or the end of the ring.
 // It closes the events it writes or leaves.
-func writePage(w io.Writer, p reader, first *event, next, lost uint64, limit int, maxBytes int64) error {
+func writePage(w io.Writer, p feed, key string, first *event, next, lost uint64, limit int, maxBytes int64) error {
 	bw := bufio.NewWriterSize(w, 16<<10)
-	bw.WriteString(`{"events":[`)
+	bw.WriteString(`{"` + key + `":[`)
 	n, size := 0, int64(0)
 	for ev := first; ev != nil; {
 		if n > 0 && size+ev.size() > maxBytes {
@@ -399,21 +468,20 @@ func WritePage(w http.ResponseWriter, bus *events.Bus, since uint64, limit int, 
 	w.Header().Set("Cache-Control", "no-store")
 	p := reader{bus: bus}
 	ev, next, lost := p.read(since)
-	return writePage(w, p, ev, next, lost, limit, maxBytes)
+	return writePage(w, p, "events", ev, next, lost, limit, maxBytes)
 }
 
-func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, bus *events.Bus, f filter, since uint64, timeout time.Duration, limit int) {
+func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key string, since uint64, timeout time.Duration, limit int) {
 	h.headers(w, false)
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	p := reader{bus: bus, keep: f.match}
 	var ev *event
 	var lost uint64
 	answer := func() {
 		dw, done := newDeadlineWriter(w, time.Duration(h.WriteTimeout), nil)
 		defer done()
 		w.WriteHeader(http.StatusOK)
-		if err := writePage(dw, p, ev, since, lost, limit, h.MaxBytes); err == nil {
+		if err := writePage(dw, p, key, ev, since, lost, limit, h.MaxBytes); err == nil {
 			_ = dw.Flush()
 		} else if dw.err == nil { // not the client: a payload that could not be read
 			h.logger.Warn("a long-poll answer was cut short: an event's payload could not be read", zap.Error(err))
@@ -423,12 +491,12 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, bus *events.Bus,
 		}
 	}
 	for {
-		changed := bus.Changed()
+		changed := p.changed()
 		var next uint64
 		ev, next, lost = p.read(since)
 		progressed := next != since
 		since = next
-		if ev != nil || lost > 0 || bus.Closed() {
+		if ev != nil || lost > 0 || p.closed() {
 			answer()
 			return
 		}
@@ -460,7 +528,7 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, bus *events.Bus,
 	}
 }
 
-func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f filter, since uint64) {
+func (h *Poll) stream(w http.ResponseWriter, r *http.Request, p feed, envelope bool, since uint64) {
 	h.headers(w, true)
 	dw, done := newDeadlineWriter(w, time.Duration(h.WriteTimeout), h.stopping)
 	defer done()
@@ -476,7 +544,6 @@ func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f
 	bw := bufio.NewWriterSize(dw, 4<<10) // held as long as the stream: small; large payloads go past it
 	keep := time.NewTicker(time.Duration(h.KeepAlive))
 	defer keep.Stop()
-	p := reader{bus: bus, keep: f.match}
 	for {
 		select { // checked on every round, not only when waiting
 		case <-r.Context().Done():
@@ -485,7 +552,7 @@ func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f
 			return
 		default:
 		}
-		changed := bus.Changed()
+		changed := p.changed()
 		start := since
 		n, size := 0, int64(0)
 		for n < sseBatch && size < h.MaxBytes {
@@ -497,7 +564,7 @@ func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f
 			if ev == nil {
 				break
 			}
-			err := writeSSE(bw, ev, h.Envelope)
+			err := writeSSE(bw, ev, envelope)
 			ev.close()
 			if err != nil {
 				h.logger.Warn("ending a stream: an event's payload could not be read", zap.Uint64("seq", ev.Seq), zap.Error(err))
@@ -526,10 +593,28 @@ func (h *Poll) stream(w http.ResponseWriter, r *http.Request, bus *events.Bus, f
 		case <-h.stopping.Done():
 			return
 		}
-		if bus.Closed() {
+		if p.closed() {
 			return
 		}
 	}
+}
+
+// feed is what the request reads: the alerts to this process (with
+// alerts) or the bus's events, the key of its pages, and its tail; nil
+// when the app is not running.
+func (h *Poll) feed(r *http.Request) (feed, string, func() uint64) {
+	if len(h.Alerts) > 0 {
+		c := h.app.IPC()
+		if c == nil {
+			return nil, "", nil
+		}
+		return alertReader{c: c, keep: h.alertFilter(r)}, "alerts", c.Tail
+	}
+	bus := h.app.Bus()
+	if bus == nil {
+		return nil, "", nil
+	}
+	return reader{bus: bus, keep: h.filter(r).match}, "events", bus.Tail
 }
 
 // writeLost writes the notice of events the ring no longer holds.

@@ -112,3 +112,17 @@ func explicitFor(pattern, s, root string) bool {
 	}
 	return len(strings.TrimSuffix(pattern, "*")) >= len(root)
 }
+
+// SourceMatches reports whether an event source matches a configured
+// pattern (exact, or a prefix ending in *), a reserved source only when
+// the pattern names it explicitly ("ipcbus.workers", "ipcbus.*",
+// "caddy"; not "*"), as for ipcbus_poll's configured sources.
+func SourceMatches(pattern, source string) bool {
+	if !match([]string{pattern}, source) {
+		return false
+	}
+	if root := reservedRoot(source); root != "" {
+		return explicitFor(pattern, source, root)
+	}
+	return true
+}

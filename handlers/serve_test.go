@@ -369,7 +369,13 @@ func post(t *testing.T, app *testApp, source, event string, data any) uint64 {
 
 func page(t *testing.T, a answer) EventsPage {
 	t.Helper()
-	var p EventsPage
+	return decodePage[EventsPage](t, a)
+}
+
+// decodePage decodes a 200 answer's JSON page.
+func decodePage[T any](t *testing.T, a answer) T {
+	t.Helper()
+	var p T
 	if a.code != 200 || json.Unmarshal([]byte(a.body), &p) != nil {
 		t.Fatalf("not a page: %d %s", a.code, a.body)
 	}

@@ -31,7 +31,7 @@ func chromiumPath(t *testing.T) string {
 }
 
 // startLive runs a Caddy process on the example live page, on zone name.
-func startLive(t *testing.T, zone, dir string) (port int) {
+func startLive(t *testing.T, zone, dir string) (port, pid int) {
 	t.Helper()
 	admin, port := freePort(t), freePort(t)
 	cmd := exec.Command(caddyBin, "run", "--config", "../examples/live/Caddyfile", "--adapter", "caddyfile")
@@ -46,17 +46,19 @@ func startLive(t *testing.T, zone, dir string) (port int) {
 		if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port)); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return port
+				return port, cmd.Process.Pid
 			}
 		}
 	}
 	t.Fatal("the live example did not start")
-	return 0
+	return 0, 0
 }
 
 // TestLivePageInChromium drives examples/live in headless Chromium against
-// two Caddy processes: the page is served by, and subscribed to, process B;
-// its form broadcasts through process A; the message appears in the page.
+// two Caddy processes: the page is served by, and subscribed to, process B,
+// and says so (B's pid); a message posted before the page opened is shown
+// as backlog; its form broadcasts through process A; the message appears
+// in the page with its source, its time and A's pid.
 func TestLivePageInChromium(t *testing.T) {
 	chrome := chromiumPath(t)
 	dir := t.TempDir()
@@ -69,7 +71,14 @@ func TestLivePageInChromium(t *testing.T) {
 			t.Errorf("removing the test's zone: %v\n%s", err, out)
 		}
 	})
-	a, b := startLive(t, zone, dir), startLive(t, zone, dir)
+	a, aPID := startLive(t, zone, dir)
+	b, bPID := startLive(t, zone, dir)
+	// Posted before the page opens: the page shows it as backlog.
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/publish", a), "text/plain", strings.NewReader("from before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 	page := fmt.Sprintf("http://127.0.0.1:%d/?publish=http://127.0.0.1:%d", b, a)
 
 	cmd := exec.Command(chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -104,11 +113,18 @@ func TestLivePageInChromium(t *testing.T) {
 	waitJS(t, eval, `document.body.dataset.connected === "1"`)
 	eval(`document.getElementById("msg").value = "hello from chromium"; document.getElementById("send").requestSubmit(); true`)
 	waitJS(t, eval, `[...document.querySelectorAll("#log li")].some(li => li.textContent.includes("hello from chromium"))`)
-	got := eval(`document.querySelector("#log li").textContent`)
-	if !strings.Contains(fmt.Sprint(got), "hello from chromium") {
-		t.Fatalf("page shows %v", got)
+	got := fmt.Sprint(eval(`document.querySelector("#log li").textContent`))
+	if !strings.Contains(got, "hello from chromium") || !strings.Contains(got, " chat ") || !strings.Contains(got, fmt.Sprintf("pid %d", aPID)) ||
+		!regexp.MustCompile(`\d{1,2}:\d{2}:\d{2}`).MatchString(got) {
+		t.Fatalf("the newest entry shows %q: want the message, source chat, a time and pid %d", got, aPID)
 	}
-	t.Logf("page on process B shows %q, broadcast through process A", got)
+	if who := fmt.Sprint(eval(`document.getElementById("who").textContent`)); !strings.Contains(who, fmt.Sprintf("connected to Caddy process %d", bPID)) {
+		t.Fatalf("the page says %q, want process %d", who, bPID)
+	}
+	if old := fmt.Sprint(eval(`[...document.querySelectorAll("#log li.backlog")].map(li => li.textContent).join("|")`)); !strings.Contains(old, "from before") {
+		t.Fatalf("backlog %q", old)
+	}
+	t.Logf("page on process B (pid %d) shows %q, broadcast through process A (pid %d)", bPID, got, aPID)
 }
 
 // pageSocket connects to the DevTools socket of the first page target.

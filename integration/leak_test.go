@@ -39,9 +39,32 @@ func (p *proc) fds(t *testing.T) int {
 
 // TestReloadLeavesNothingBehind: reloads do not pile up goroutines, file
 // descriptors or mappings (each reload starts a worker, a bus and an
-// alerts reader, and stops the old ones).
+// alerts reader, and stops the old ones), also with the reactions to
+// alerts configured (the goroutines of webhooks and emit, an alerts
+// stream route).
 func TestReloadLeavesNothingBehind(t *testing.T) {
-	n := newNode(t)
+	for _, tc := range []struct{ name, settings, routes string }{
+		{"plain", "", ""},
+		{"reactions", `on_alert deploy webhook http://127.0.0.1:9/hook
+		on_alert deploy log
+		emit {
+			alerts *
+			events ops
+		}`, `handle /my-alerts {
+		ipcbus_poll {
+			alerts
+		}
+	}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newNode(t)
+			n.settings, n.routes = tc.settings, tc.routes
+			reloadLeavesNothing(t, n)
+		})
+	}
+}
+
+func reloadLeavesNothing(t *testing.T, n *node) {
 	a := n.start()
 	reload := func() {
 		if out, err := cli(t, "reload", "--config", a.config, "--adapter", "caddyfile", "--address", a.admin, "--force"); err != nil {

@@ -105,6 +105,7 @@ func (c *IPC) Close() error {
 	c.open = false
 	c.stop.Store(true)
 	c.rd.Interrupt()
+	c.changes.Notify() // pollers waiting on Changed look again (and find the IPC closed)
 	// While a handler runs (Close may be called from it: nothing tells
 	// which goroutine calls), the loop ends when the handler returns,
 	// without reading on: where it stopped is already known. Otherwise the
@@ -196,6 +197,9 @@ func (c *IPC) loop(prev *IPC) {
 			if !skip { // else a newer worker of this process handles it
 				c.deliver(rec)
 			}
+			if c.changes.Watched() {
+				c.changes.Notify()
+			}
 		case zone.Overrun, zone.Gap:
 			c.st.lost.Add(rec.Lost)
 			c.log.Warn("alerts may have been lost", zap.Uint64("from", rec.Seq), zap.Uint64("count", rec.Lost), zap.Stringer("reason", st))
@@ -248,7 +252,11 @@ func (c *IPC) deliver(rec zone.Record) {
 			h = *f
 		}
 	}
-	if h == nil {
+	var obs Observer
+	if o := c.observer.Load(); o != nil && (*o).Wants(a.Name) {
+		obs = *o
+	}
+	if h == nil && obs == nil {
 		c.st.received.Add(1)
 		c.st.unhandled.Add(1)
 		if b[0]&flagBlob == 0 {
@@ -287,7 +295,24 @@ func (c *IPC) deliver(rec zone.Record) {
 			c.log.Error("alert handler panicked", zap.String("name", a.Name), zap.Int("sender", a.Sender), zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
 		}
 	}()
-	h(a)
+	if obs != nil {
+		c.observe(obs, a)
+	}
+	if h != nil {
+		h(a)
+	}
+}
+
+// observe gives a to the observer, a panic recovered and counted apart
+// from the handler's, so that the handler runs whatever the observer does.
+func (c *IPC) observe(o Observer, a *Alert) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.st.panics.Add(1)
+			c.log.Error("alert observer panicked", zap.String("name", a.Name), zap.Int("sender", a.Sender), zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+		}
+	}()
+	o.Alert(a)
 }
 
 // handlerRunning reports whether a handler runs on the delivery goroutine.

@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ipcbus/caddy-ipcbus/internal/notify"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
@@ -48,6 +49,7 @@ var (
 	// ErrReceiverSlow is returned when a receiver stays too far behind for
 	// the whole send timeout (policy block), or at once (policy drop).
 	ErrReceiverSlow = errors.New("alert receiver is not keeping up")
+	errSizeChanged  = errors.New("the blob file changed size since it was read")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("ipc is closed")
 	// ErrBlobQuota is returned (wrapped) for data that would take the
@@ -194,7 +196,11 @@ type IPC struct {
 
 	handlers atomic.Pointer[map[string]Handler]
 	fallback atomic.Pointer[Handler]
+	observer atomic.Pointer[Observer]
 	hmu      sync.Mutex
+
+	// Watchers of the alerts delivered to this process (see Changed).
+	changes notify.Notifier
 
 	// Hand-over between the workers of one process (see deliver.go).
 	skipMu sync.Mutex
