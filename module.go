@@ -5,6 +5,7 @@
 package ipcbus
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -123,6 +124,9 @@ type App struct {
 
 	mode   os.FileMode
 	logger *zap.Logger
+	// admin is the config's admin address as written, adminK its
+	// normalized form for the worker table ("" when off or unknown).
+	admin, adminK string
 	gen    int
 	zone   *zone.Zone
 	poolK  string
@@ -144,6 +148,11 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.setDefaults()
+	if addr, off, ok := configAdmin(ctx); ok && !off {
+		a.admin, a.adminK = addr, adminKey(addr)
+	} else if !ok {
+		a.logger.Warn("the admin address of this config cannot be read: a clash with another process's admin address goes unchecked")
+	}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering ipcbus metrics: %w", err)
 	}
@@ -352,7 +361,12 @@ func (a *App) Start() (err error) {
 		DeadAfter:  time.Duration(a.DeadAfter),
 		Logger:     a.logger,
 		OnEvent:    onEvent,
+		Admin:      a.adminK,
 	}); err != nil {
+		var clash *workermgr.AdminClashError
+		if errors.As(err, &clash) {
+			clash.Admin = a.admin
+		}
 		return err
 	}
 	bus.SetOnCursor(w.SetCursor)

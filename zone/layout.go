@@ -6,7 +6,7 @@ import (
 	"unsafe"
 )
 
-// The zone file, layout version 7. All integers are little-endian (the
+// The zone file, layout version 8. All integers are little-endian (the
 // host's order: a zone is never shared across machines). Offsets are from the
 // start of the file. Every area starts on a 64-byte boundary, so the atomic
 // words are aligned and hot words do not share a cache line.
@@ -49,7 +49,7 @@ import (
 //	    +40     24                  reserved, zero
 //	512         128               node area (type Node)
 //	640         3456              reserved, zero
-//	4096        256 × 128       worker table (type WorkerSlot)
+//	4096        256 × 128       worker table (type WorkerSlot; layout 8 added its AdminHash at +80)
 //	36864       256 × 64        member table (type MemberSlot): one per process mapping
 //	53248       keys × 64       unique table (type uniqueSlot): run-once keys of the events bus
 //	…           slots × 16      ring index (type indexSlot) (at 315392 with the default 4096 keys)
@@ -72,7 +72,7 @@ import (
 // member slot i is that member's.
 const (
 	// LayoutVersion is bumped whenever the meaning or position of any field changes.
-	LayoutVersion = 7
+	LayoutVersion = 8
 
 	headerSize     = 4096
 	workerSlotSize = 128
@@ -241,7 +241,14 @@ type WorkerSlot struct {
 	// senders do not wait for it (two handlers waiting for each other
 	// would each wait out the send timeout).
 	SendWaiting atomic.Uint32
-	_           [52]byte
+	_           [4]byte
+	// AdminHash identifies the admin address of the worker's Caddy config
+	// (FNV-1a of its normalized form; 0 when the admin endpoint is off or
+	// its address unknown): a worker refuses to join while another
+	// process's live worker has the same, since SO_REUSEPORT would let
+	// both listen and admin requests reach either. Layout 8.
+	AdminHash atomic.Uint64
+	_         [40]byte
 }
 
 // Worker slot states.
