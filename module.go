@@ -124,9 +124,6 @@ type App struct {
 
 	mode   os.FileMode
 	logger *zap.Logger
-	// admin is the config's admin address as written, adminK its
-	// normalized form for the worker table ("" when off or unknown).
-	admin, adminK string
 	gen    int
 	zone   *zone.Zone
 	poolK  string
@@ -134,6 +131,10 @@ type App struct {
 	bus    *events.Bus
 	alerts *ipc.IPC
 	mu     sync.Mutex
+
+	// admin is the config's admin address as written, adminK its
+	// normalized form for the worker table ("" when off or unknown).
+	admin, adminK string
 }
 
 // CaddyModule returns the Caddy module information.
