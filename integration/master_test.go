@@ -2,10 +2,12 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -130,6 +132,37 @@ func (g *group) current() []int {
 	return out
 }
 
+// workerBodies asks each worker's own admin socket what its site answers
+// (the static response of its config).
+func (g *group) workerBodies() []string {
+	g.t.Helper()
+	in, err := g.info()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	var out []string
+	for _, w := range in.Workers {
+		client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", w.Admin)
+		}}}
+		resp, err := client.Get("http://127.0.0.1" + bodyPath)
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		var body string
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if err != nil {
+			g.t.Fatalf("worker %d: %v", w.PID, err)
+		}
+		out = append(out, body)
+	}
+	return out
+}
+
+// bodyPath is where the adapted config holds the site's response.
+const bodyPath = "/config/apps/http/servers/srv0/routes/0/handle/0/routes/0/handle/0/body"
+
 // body is the site's answer, "" on an error.
 func (g *group) body() string {
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", g.sitePort))
@@ -221,6 +254,18 @@ func (c *clients) close() {
 	c.wg.Wait()
 }
 
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return errors.New(resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
 // processGone reports whether pid no longer runs (a zombie counts as gone).
 func processGone(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -265,7 +310,20 @@ func TestMasterGroup(t *testing.T) {
 	}
 	c.phase()
 
-	// (a) A rolling reload through the master's admin address.
+	// (a) A config the first worker refuses: the client gets its error,
+	// and every worker keeps the old one.
+	if err := os.WriteFile(g.config, []byte(strings.Replace(g.caddyfile("bad"), "size 4MiB", "size 8MiB", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := cli(t, "reload", "--config", g.config); err == nil || !strings.Contains(out, "a reload cannot change the size") {
+		t.Fatalf("caddy reload of a refused config: %v\n%s", err, out)
+	}
+	if got := g.workerBodies(); fmt.Sprint(got) != "[v1 v1]" {
+		t.Fatalf("after a refused reload the workers answer %v", got)
+	}
+	expectNoFailures("refused reload")
+
+	// A rolling reload through the master's admin address.
 	g.writeConfig("v2")
 	if out, err := cli(t, "reload", "--config", g.config); err != nil {
 		t.Fatalf("caddy reload: %v\n%s", err, out)
@@ -277,6 +335,27 @@ func TestMasterGroup(t *testing.T) {
 		t.Fatalf("a reload changed the workers: %v, then %v", first, now)
 	}
 	expectNoFailures("rolling reload")
+
+	// A change through /config/: every worker takes it; the master's copy
+	// keeps the group's admin address.
+	req, _ := http.NewRequest(http.MethodPatch, "http://"+g.admin+bodyPath, strings.NewReader(`"v2b"`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("PATCH %s: %s", bodyPath, resp.Status)
+	}
+	if got := g.workerBodies(); fmt.Sprint(got) != "[v2b v2b]" {
+		t.Fatalf("after a PATCH the workers answer %v", got)
+	}
+	var listen string
+	if err := getJSON("http://"+g.admin+"/config/admin/listen", &listen); err != nil || listen != g.admin {
+		t.Fatalf("the master's config has admin %q (%v), want %s", listen, err, g.admin)
+	}
+	expectNoFailures("change through /config/")
 	g.writeConfig("v3")
 	g.cmd.Process.Signal(syscall.SIGHUP)
 	g.waitFor("the SIGHUP reload", func() bool { return g.body() == "v3" })
@@ -355,21 +434,41 @@ func TestMasterGroup(t *testing.T) {
 	if out, err := cli(t, "stop", "--address", g.admin); err != nil {
 		t.Fatalf("caddy stop: %v\n%s", err, out)
 	}
+	g.stopped()
+}
+
+// stopped waits for the master to exit and checks that it left nothing:
+// no worker process, no socket, config or zone file.
+func (g *group) stopped() {
+	g.t.Helper()
 	select {
 	case <-g.exited:
 	case <-time.After(60 * time.Second):
-		t.Fatal("the master did not exit")
+		g.t.Fatal("the master did not exit")
 	}
 	if code := g.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("the master exited with %d", code)
+		g.t.Errorf("the master exited with %d", code)
 	}
 	for pid := range g.seen {
 		if !processGone(pid) {
-			t.Errorf("worker %d still runs", pid)
+			g.t.Errorf("worker %d still runs", pid)
 		}
 	}
 	ents, err := os.ReadDir(filepath.Join(g.dir, fmt.Sprintf("ipcbus-%d", os.Geteuid())))
 	if !os.IsNotExist(err) {
-		t.Errorf("the zone's directory is left with %v (%v)", ents, err)
+		g.t.Errorf("the zone's directory is left with %v (%v)", ents, err)
+	}
+}
+
+// TestMasterStopSignals: SIGTERM and SIGINT (fast) and SIGQUIT (graceful)
+// stop the group and leave nothing behind.
+func TestMasterStopSignals(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			g := startGroup(t, 1, "up")
+			g.info()
+			g.cmd.Process.Signal(sig)
+			g.stopped()
+		})
 	}
 }
