@@ -116,15 +116,21 @@ func (g *group) info() (master.Info, error) {
 	return in, err
 }
 
-// current is the pids of the workers that are not stopping, by slot.
-func (g *group) current() []int {
+// mustInfo is info, failing the test on an error.
+func (g *group) mustInfo() master.Info {
 	g.t.Helper()
 	in, err := g.info()
 	if err != nil {
 		g.t.Fatal(err)
 	}
+	return in
+}
+
+// current is the pids of the workers that are not stopping, by slot.
+func (g *group) current() []int {
+	g.t.Helper()
 	var out []int
-	for _, w := range in.Workers {
+	for _, w := range g.mustInfo().Workers {
 		if !w.Stopping {
 			out = append(out, w.PID)
 		}
@@ -136,12 +142,8 @@ func (g *group) current() []int {
 // (the static response of its config).
 func (g *group) workerBodies() []string {
 	g.t.Helper()
-	in, err := g.info()
-	if err != nil {
-		g.t.Fatal(err)
-	}
 	var out []string
-	for _, w := range in.Workers {
+	for _, w := range g.mustInfo().Workers {
 		client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", w.Admin)
 		}}}

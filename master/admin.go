@@ -121,6 +121,15 @@ func writeError(w http.ResponseWriter, status int, err error) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
 }
 
+// postBody reads the body of a POST; anything else is refused.
+func postBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	if r.Method != http.MethodPost {
+		writeError(w, http.StatusMethodNotAllowed, errors.New("method not allowed"))
+		return nil, false
+	}
+	return readBody(w, r)
+}
+
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxConfigBody))
 	if err != nil {
@@ -131,11 +140,7 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 }
 
 func (m *Master) handleLoad(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		writeError(w, http.StatusMethodNotAllowed, errors.New("method not allowed"))
-		return
-	}
-	body, ok := readBody(w, r)
+	body, ok := postBody(w, r)
 	if !ok {
 		return
 	}
@@ -253,11 +258,7 @@ type UpgradeResult struct {
 }
 
 func (m *Master) handleUpgrade(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		writeError(w, http.StatusMethodNotAllowed, errors.New("method not allowed"))
-		return
-	}
-	body, ok := readBody(w, r)
+	body, ok := postBody(w, r)
 	if !ok {
 		return
 	}

@@ -325,9 +325,9 @@ func (m *Master) requestStop(graceful bool) {
 	}
 }
 
-// stopAll stops every worker: gracefully (POST /stop, no deadline: the
-// config's grace period bounds it), or fast (SIGTERM, then SIGKILL after
-// StopTimeout).
+// stopAll stops every worker and waits for them: gracefully (POST /stop,
+// no deadline: the config's grace period bounds it), or fast (SIGTERM,
+// then SIGKILL after StopTimeout).
 func (m *Master) stopAll(graceful bool) {
 	m.quitOnce.Do(func() { close(m.quit) })
 	m.mu.Lock()
@@ -336,18 +336,7 @@ func (m *Master) stopAll(graceful bool) {
 		procs = append(procs, p)
 	}
 	m.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, p := range procs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.stop(graceful)
-			if !graceful {
-				m.killAfter(p)
-			}
-		}()
-	}
-	wg.Wait()
+	m.stopGroup(procs, graceful)
 }
 
 // killAfter kills p when it still runs after StopTimeout.
