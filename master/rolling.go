@@ -13,6 +13,15 @@ import (
 // loadTimeout bounds one worker's config load.
 const loadTimeout = 2 * time.Minute
 
+// settle is how long the master lets clients move before it touches the
+// next worker. Caddy's reload (and a stopping worker) closes the old
+// listening sockets, then the idle keep-alive connections, whose clients
+// reconnect at once, to the other listeners of the port. A listener that
+// closes while connections wait in its accept queue makes the kernel
+// reset them (unless net.ipv4.tcp_migrate_req is 1), so the next worker
+// must not swap its listeners while those reconnections are under way.
+const settle = 500 * time.Millisecond
+
 // acquire takes the right to change the group; false when it stops first.
 func (m *Master) acquire() bool {
 	select {
@@ -87,7 +96,10 @@ func (m *Master) roll(ps []*proc, cfg []byte, force bool) ([]*proc, error) {
 	if force {
 		hdr.Set("Cache-Control", "must-revalidate")
 	}
-	for _, p := range ps {
+	for i, p := range ps {
+		if i > 0 {
+			time.Sleep(settle)
+		}
 		wc, err := workerConfig(cfg, p.listen())
 		if err != nil {
 			return done, err

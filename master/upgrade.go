@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -51,8 +52,20 @@ func (m *Master) upgrade(binary string) ([]int, error) {
 	}
 	m.writeInfo()
 	m.log.Info("upgrade: new workers serving, stopping the old ones", zap.Int("generation", gen), zap.Ints("pids", pids(next)), zap.Ints("old_pids", pids(old)))
-	go m.stopGroup(old, true)
+	go m.retire(old)
 	return pids(next), nil
+}
+
+// retire stops the workers ps gracefully one at a time, each gone and
+// its clients settled on the others before the next (see settle).
+func (m *Master) retire(ps []*proc) {
+	for i, p := range ps {
+		if i > 0 {
+			time.Sleep(settle)
+		}
+		p.stop(true)
+		<-p.exited
+	}
 }
 
 // stopGroup stops the workers ps and waits for them; a fast stop kills
