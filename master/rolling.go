@@ -79,7 +79,9 @@ func (m *Master) load(cfg []byte, force bool) error {
 		if _, rerr := m.roll(done, old, true); rerr != nil {
 			m.log.Error("giving the previous config back", zap.Error(rerr))
 		}
-		return fmt.Errorf("%w (the %d workers that had taken the new config were given the previous one back)", err, len(done))
+		// Not the worker's answer as it is: the client must learn that
+		// the others went back.
+		return fmt.Errorf("a worker refused the new config after %d others took it, and they were given the previous one back: %v", len(done), err)
 	}
 	m.mu.Lock()
 	m.config = cfg
@@ -110,7 +112,7 @@ func (m *Master) roll(ps []*proc, cfg []byte, force bool) ([]*proc, error) {
 		if err != nil {
 			var ae *adminError
 			if errors.As(err, &ae) {
-				return done, ae
+				return done, fmt.Errorf("worker pid %d: %w", p.pid(), ae)
 			}
 			if !p.alive() {
 				continue // it died meanwhile: its restart takes the group's config
@@ -172,7 +174,7 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 		if _, rerr := m.roll(ps, old, true); rerr != nil {
 			m.log.Error("giving the previous config back", zap.Error(rerr))
 		}
-		return 0, nil, fmt.Errorf("%w (the workers were given the previous config back)", err)
+		return 0, nil, fmt.Errorf("a worker refused the changed config, and every worker was given the previous one back: %v", err)
 	}
 	m.mu.Lock()
 	m.config = cfg
