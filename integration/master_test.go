@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	ipcbus "github.com/ipcbus/caddy-ipcbus"
 	"github.com/ipcbus/caddy-ipcbus/master"
 )
 
@@ -427,6 +429,26 @@ func TestMasterGroup(t *testing.T) {
 	if err != nil || !strings.Contains(out, fmt.Sprintf("master pid %d", g.cmd.Process.Pid)) ||
 		!strings.Contains(out, fmt.Sprintf("pid %d, generation 2", replacement)) || !strings.Contains(out, "restarts 1") {
 		t.Fatalf("caddy ipcbus workers: %v\n%s", err, out)
+	}
+	// The node's answers come through the master: the crash was counted
+	// in the zone, and the report names the master.
+	var rep ipcbus.WorkersReport
+	if err := getJSON("http://"+g.admin+"/ipcbus/workers", &rep); err != nil || rep.Node.Crashes != 1 || rep.Master == nil || rep.Master.PID != g.cmd.Process.Pid {
+		t.Fatalf("GET /ipcbus/workers through the master: %v, crashes %d, master %+v", err, rep.Node.Crashes, rep.Master)
+	}
+	resp, err = http.Get("http://" + g.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), "caddy_ipcbus_") {
+		t.Fatalf("GET /metrics through the master: %s", resp.Status)
+	}
+	// Each worker has its share of the 2+ CPUs, unless the user set it.
+	environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", replacement))
+	if want := fmt.Sprintf("GOMAXPROCS=%d", max(1, runtime.GOMAXPROCS(0)/2)); !bytes.Contains(environ, []byte(want+"\x00")) && os.Getenv("GOMAXPROCS") == "" {
+		t.Errorf("worker %d's environment has no %s", replacement, want)
 	}
 	c.close()
 	c.stop = make(chan struct{}) // the deferred close

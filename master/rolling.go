@@ -170,6 +170,9 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 	if err != nil {
 		return 0, nil, err
 	}
+	if len(ps) > 1 {
+		time.Sleep(settle)
+	}
 	if _, err := m.roll(ps[1:], cfg, false); err != nil {
 		if _, rerr := m.roll(ps, old, true); rerr != nil {
 			m.log.Error("giving the previous config back", zap.Error(rerr))
