@@ -21,7 +21,6 @@ const maxConfigBody = 100 << 20
 // adminServer is the group's admin endpoint.
 type adminServer struct {
 	srv *http.Server
-	ln  net.Listener
 }
 
 func (a *adminServer) close() {
@@ -55,7 +54,7 @@ func (m *Master) serveAdmin(ln net.Listener) *adminServer {
 	mux.HandleFunc("/ipcbus/master/upgrade", m.handleUpgrade)
 	m.proxyH = m.proxy()
 	mux.Handle("/", m.proxyH)
-	a := &adminServer{ln: ln, srv: &http.Server{
+	a := &adminServer{srv: &http.Server{
 		Handler:           m.checkOrigin(mux),
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       time.Minute,

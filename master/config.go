@@ -3,6 +3,7 @@ package master
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -115,6 +116,9 @@ func withAdminOf(cfg, from []byte) ([]byte, error) {
 	}
 	return json.Marshal(o)
 }
+
+// errNotFound is a /config/ path with nothing at it.
+var errNotFound = errors.New("no value at that path")
 
 // lookup is the value at a /config/ path of cfg ("/config/apps/http"),
 // as JSON, as GET /config/... answers it.

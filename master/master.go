@@ -23,6 +23,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -387,7 +388,7 @@ func (m *Master) removeStale() {
 		if _, err := strconv.Atoi(num); err != nil || !ok || (ext != "sock" && ext != "json") {
 			continue
 		}
-		if p := m.dir + "/" + name; !inUse[p] {
+		if p := filepath.Join(m.dir, name); !inUse[p] {
 			_ = os.Remove(p)
 		}
 	}
@@ -400,9 +401,6 @@ func pids(ps []*proc) []int {
 	}
 	return out
 }
-
-// errNotFound is a /config/ path with nothing at it.
-var errNotFound = errors.New("no value at that path")
 
 // listenAdmin opens the master's admin listener.
 func (m *Master) listenAdmin() (net.Listener, error) {

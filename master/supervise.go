@@ -53,12 +53,10 @@ func (m *Master) supervise(p *proc) {
 // the slot has moved on (an upgrade). It waits for a load or an upgrade
 // in progress, so that the new worker starts on the group's config.
 func (m *Master) restart(p *proc) *proc {
-	select {
-	case m.ops <- struct{}{}:
-	case <-m.quit:
+	if !m.acquire() {
 		return nil
 	}
-	defer func() { <-m.ops }()
+	defer m.release()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.stopping() || m.cur[p.slot] != p {
