@@ -134,8 +134,11 @@ func writeMaster(out io.Writer, in *master.Info, now time.Time) {
 	fmt.Fprintf(out, "master pid %d, started %s, admin %s, generation %d, binary %s\n", in.PID, ago(in.StartedAt, now), admin, in.Generation, in.Binary)
 	for _, w := range in.Workers {
 		state := "worker"
-		if w.Stopping {
+		switch {
+		case w.Stopping:
 			state = "stopping"
+		case w.Starting:
+			state = "starting"
 		}
 		fmt.Fprintf(out, "  %s %d: pid %d, generation %d, started %s, restarts %d\n", state, w.Slot, w.PID, w.Generation, ago(w.StartedAt, now), w.Restarts)
 	}

@@ -128,12 +128,12 @@ func (g *group) mustInfo() master.Info {
 	return in
 }
 
-// current is the pids of the workers that are not stopping, by slot.
+// current is the pids of the workers that serve and are not stopping, by slot.
 func (g *group) current() []int {
 	g.t.Helper()
 	var out []int
 	for _, w := range g.mustInfo().Workers {
-		if !w.Stopping {
+		if !w.Stopping && !w.Starting {
 			out = append(out, w.PID)
 		}
 	}

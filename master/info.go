@@ -52,6 +52,9 @@ type WorkerInfo struct {
 	// Stopping is set for a worker that is being stopped (an upgrade's
 	// previous generation, or the whole group stopping).
 	Stopping bool `json:"stopping,omitempty"`
+	// Starting is set for a worker of an upgrade's new generation that
+	// does not serve yet.
+	Starting bool `json:"starting,omitempty"`
 }
 
 // infoFile is the master's lock on its zone and its published Info.
@@ -147,17 +150,13 @@ func ReadInfo(dir, zoneName string) (Info, error) {
 func (m *Master) writeInfo() {
 	m.mu.Lock()
 	in := Info{PID: os.Getpid(), Admin: m.opts.AdminAddress, Binary: m.binary, Generation: m.gen, StartedAt: m.started}
-	cur := map[*proc]bool{}
-	for _, p := range m.cur {
-		cur[p] = true
-	}
 	for p := range m.all {
 		if !p.alive() {
 			continue
 		}
 		in.Workers = append(in.Workers, WorkerInfo{
 			Slot: p.slot, PID: p.pid(), Generation: p.gen, Admin: p.sock, StartedAt: p.start,
-			Restarts: m.restarts[p.slot], Stopping: !cur[p] || p.retired.Load(),
+			Restarts: m.restarts[p.slot], Stopping: p.retired.Load() || p.gen < m.gen, Starting: p.gen > m.gen,
 		})
 	}
 	m.mu.Unlock()

@@ -231,6 +231,11 @@ func (m *Master) run(ctx context.Context) error {
 	}
 	m.info = info
 	defer m.info.remove()
+	// Caught from the start: a signal during the start waits in the
+	// channel until the workers serve (or failed to).
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR2, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
 	m.removeStale()
 	m.started = time.Now()
 	var ln net.Listener
@@ -266,9 +271,6 @@ func (m *Master) run(ctx context.Context) error {
 	m.log.Info("master started", zap.Int("pid", os.Getpid()), zap.Int("workers", m.opts.Workers), zap.Ints("pids", pids(first)),
 		zap.String("admin", m.opts.AdminAddress), zap.String("zone", zone.PathFor(m.zone)))
 
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR2, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
-	defer signal.Stop(sigs)
 	graceful, stopping := false, false
 	escalate := func(g bool) {
 		if !stopping {
