@@ -25,6 +25,10 @@ import (
 // names the worker's socket is refused by that worker.
 const fakeEnv = "MASTER_FAKE_WORKER"
 
+// fakeHangEnv makes the fake worker answer its admin endpoint but never
+// join the zone: a worker that never comes up.
+const fakeHangEnv = "MASTER_FAKE_HANG"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(fakeEnv) != "" {
 		if err := fakeWorker(os.Args[1:]); err != nil {
@@ -64,6 +68,18 @@ func fakeWorker(args []string) error {
 		return err
 	}
 	sock, _, _ := strings.Cut(strings.TrimPrefix(c.Admin.Listen, "unix/"), "|")
+	if os.Getenv(fakeHangEnv) != "" {
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			return err
+		}
+		go http.Serve(ln, http.NotFoundHandler())
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGTERM)
+		<-sigs
+		ln.Close()
+		return nil
+	}
 	z, err := zone.Open(zone.Options{Name: c.Apps.IPCBus.Zone, Dir: c.Apps.IPCBus.Dir, Size: zone.MinSize})
 	if err != nil {
 		return err
@@ -117,16 +133,20 @@ func fakeWorker(args []string) error {
 
 // fakeGroup runs a master of n fake workers with its admin endpoint on a
 // unix socket, and returns it with a client of that endpoint.
-func fakeGroup(t *testing.T, n int) (*Master, *http.Client, func()) {
+func fakeGroup(t *testing.T, n int, mod ...func(*Options)) (*Master, *http.Client, func()) {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := fmt.Sprintf(`{"apps":{"ipcbus":{"zone":"f","dir":%q}}}`, dir)
 	adminSock := dir + "/admin.sock"
-	m, err := newMaster(Options{
+	opts := Options{
 		Workers: n, Binary: os.Args[0], Config: []byte(cfg),
 		AdminNetwork: "unix", AdminAddress: adminSock,
 		Env: append(os.Environ(), fakeEnv+"=1"),
-	})
+	}
+	for _, f := range mod {
+		f(&opts)
+	}
+	m, err := newMaster(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -104,16 +104,21 @@ func TestCrashRestart(t *testing.T) {
 // TestUpgradeFake: an upgrade to a binary that exits at once fails and
 // keeps the workers; one to a working binary replaces them all.
 func TestUpgradeFake(t *testing.T) {
-	m, _, stop := fakeGroup(t, 2)
+	m, _, stop := fakeGroup(t, 2, func(o *Options) { o.UpgradeTimeout = time.Second })
 	defer stop()
-	bad := filepath.Join(t.TempDir(), "bad")
+	bin := t.TempDir()
+	bad, hang := filepath.Join(bin, "bad"), filepath.Join(bin, "hang")
 	if err := os.WriteFile(bad, []byte("#!/bin/sh\nexit 3\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hang, []byte("#!/bin/sh\n"+fakeHangEnv+"=1 exec "+os.Args[0]+` "$@"`+"\n"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
 		name, binary, wantErr string
 	}{
 		{"exits at once", bad, "exited before it was serving"},
+		{"never comes up", hang, "2 of 2 new workers were not live and serving after 1s"},
 		{"missing", filepath.Join(t.TempDir(), "none"), "no such file"},
 		{"works", os.Args[0], ""},
 	}
@@ -128,6 +133,11 @@ func TestUpgradeFake(t *testing.T) {
 				if now := pids(m.live()); fmt.Sprint(now) != fmt.Sprint(before) {
 					t.Fatalf("workers %v, then %v", before, now)
 				}
+				waitUntil(t, "the new workers to be gone", func() bool {
+					m.mu.Lock()
+					defer m.mu.Unlock()
+					return len(m.all) == 2
+				})
 				return
 			}
 			if err != nil {
