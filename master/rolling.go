@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
 
 	"go.uber.org/zap"
@@ -118,6 +119,10 @@ func (m *Master) roll(ps []*proc, cfg []byte, force bool) ([]*proc, error) {
 				continue // it died meanwhile: its restart takes the group's config
 			}
 			return done, fmt.Errorf("loading the config into worker pid %d: %w", p.pid(), err)
+		}
+		// Caddy reloads a worker from its file on SIGUSR1: keep it current.
+		if err := os.WriteFile(p.cfg, wc, 0o600); err != nil {
+			m.log.Warn("updating a worker's config file", zap.String("file", p.cfg), zap.Error(err))
 		}
 		done = append(done, p)
 	}

@@ -21,6 +21,7 @@ type AdminClashError struct {
 	Zone string
 }
 
+// Error names the address, the worker that has it, and the fix.
 func (e *AdminClashError) Error() string {
 	return fmt.Sprintf("admin address %s is already used by worker %s (pid %d) of zone %s: give each Caddy process of the zone its own admin address (the global option admin, or CADDY_ADMIN), or run the processes with caddy ipcbus run", e.Admin, e.ID, e.PID, e.Zone)
 }
