@@ -175,6 +175,9 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 	if err != nil {
 		return 0, nil, err
 	}
+	if wc, err := workerConfig(cfg, ps[0].listen()); err == nil {
+		_ = os.WriteFile(ps[0].cfg, wc, 0o600)
+	}
 	if len(ps) > 1 {
 		time.Sleep(settle)
 	}
