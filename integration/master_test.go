@@ -70,7 +70,11 @@ func (g *group) writeConfig(body string) {
 // startGroup runs `caddy ipcbus run --workers n` and waits until the site
 // answers body.
 func startGroup(t *testing.T, n int, body string) *group {
-	dir := t.TempDir()
+	return startGroupIn(t, t.TempDir(), n, body)
+}
+
+// startGroupIn is startGroup with the zone in dir.
+func startGroupIn(t *testing.T, dir string, n int, body string) *group {
 	g := &group{t: t, dir: dir, zone: "mtest", admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), sitePort: freePort(t),
 		config: filepath.Join(dir, "Caddyfile"), log: new(bytes.Buffer), exited: make(chan struct{}), seen: map[int]bool{}}
 	g.writeConfig(body)
@@ -495,4 +499,24 @@ func TestMasterStopSignals(t *testing.T) {
 			g.stopped()
 		})
 	}
+}
+
+// TestMasterKilled: the workers of a master killed with SIGKILL stop too
+// (they get SIGTERM when their parent dies), and the next master on the
+// zone starts, cleans up what the first one left, and leaves nothing.
+func TestMasterKilled(t *testing.T) {
+	g := startGroup(t, 2, "one")
+	workers := g.current()
+	g.cmd.Process.Kill()
+	<-g.exited
+	for _, pid := range workers {
+		for deadline := time.Now().Add(30 * time.Second); !processGone(pid); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("worker %d of the killed master still runs", pid)
+			}
+		}
+	}
+	h := startGroupIn(t, g.dir, 1, "two")
+	h.cmd.Process.Signal(syscall.SIGTERM)
+	h.stopped()
 }
