@@ -117,6 +117,16 @@ func withAdminOf(cfg, from []byte) ([]byte, error) {
 	return json.Marshal(o)
 }
 
+// adminListen is the admin address a config gives ("" for the default).
+func adminListen(cfg []byte) string {
+	o, err := decode(cfg)
+	if err != nil {
+		return ""
+	}
+	s, _ := child(o, "admin")["listen"].(string)
+	return s
+}
+
 // errNotFound is a /config/ path with nothing at it.
 var errNotFound = errors.New("no value at that path")
 

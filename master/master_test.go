@@ -238,3 +238,17 @@ func TestWorkerEnv(t *testing.T) {
 		}
 	}
 }
+
+func TestAdminListen(t *testing.T) {
+	tests := []struct{ cfg, want string }{
+		{`{}`, ""},
+		{`{"admin":{"listen":"localhost:2020"}}`, "localhost:2020"},
+		{`{"admin":{"disabled":true}}`, ""},
+		{`not json`, ""},
+	}
+	for _, tt := range tests {
+		if got := adminListen([]byte(tt.cfg)); got != tt.want {
+			t.Errorf("adminListen(%s) = %q, want %q", tt.cfg, got, tt.want)
+		}
+	}
+}

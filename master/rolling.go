@@ -87,6 +87,9 @@ func (m *Master) load(cfg []byte, force bool) error {
 	m.mu.Lock()
 	m.config = cfg
 	m.mu.Unlock()
+	if a, b := adminListen(old), adminListen(cfg); a != b {
+		m.log.Warn("the new config has another admin address: the master goes on serving the one it started with until it is restarted", zap.String("serving", a), zap.String("config", b))
+	}
 	m.log.Info("config reloaded", zap.Ints("pids", pids(done)), zap.Bool("forced", force))
 	return nil
 }
