@@ -268,7 +268,7 @@ func (m *Master) handleUpgrade(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ps, err := m.upgrade(req.Binary)
+	ps, err := m.upgrade(req.Binary, m.opts.UpgradeTimeout)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return

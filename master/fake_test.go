@@ -133,7 +133,7 @@ func fakeWorker(args []string) error {
 
 // fakeGroup runs a master of n fake workers with its admin endpoint on a
 // unix socket, and returns it with a client of that endpoint.
-func fakeGroup(t *testing.T, n int, mod ...func(*Options)) (*Master, *http.Client, func()) {
+func fakeGroup(t *testing.T, n int) (*Master, *http.Client, func()) {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := fmt.Sprintf(`{"apps":{"ipcbus":{"zone":"f","dir":%q}}}`, dir)
@@ -142,9 +142,6 @@ func fakeGroup(t *testing.T, n int, mod ...func(*Options)) (*Master, *http.Clien
 		Workers: n, Binary: os.Args[0], Config: []byte(cfg),
 		AdminNetwork: "unix", AdminAddress: adminSock,
 		Env: append(os.Environ(), fakeEnv+"=1"),
-	}
-	for _, f := range mod {
-		f(&opts)
 	}
 	m, err := newMaster(opts)
 	if err != nil {

@@ -104,7 +104,7 @@ func TestCrashRestart(t *testing.T) {
 // TestUpgradeFake: an upgrade to a binary that exits at once fails and
 // keeps the workers; one to a working binary replaces them all.
 func TestUpgradeFake(t *testing.T) {
-	m, _, stop := fakeGroup(t, 2, func(o *Options) { o.UpgradeTimeout = time.Second })
+	m, _, stop := fakeGroup(t, 2)
 	defer stop()
 	bin := t.TempDir()
 	bad, hang := filepath.Join(bin, "bad"), filepath.Join(bin, "hang")
@@ -115,17 +115,19 @@ func TestUpgradeFake(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := []struct {
-		name, binary, wantErr string
+		name, binary string
+		timeout      time.Duration
+		wantErr      string
 	}{
-		{"exits at once", bad, "exited before it was serving"},
-		{"never comes up", hang, "2 of 2 new workers were not live and serving after 1s"},
-		{"missing", filepath.Join(t.TempDir(), "none"), "no such file"},
-		{"works", os.Args[0], ""},
+		{"exits at once", bad, time.Minute, "exited before it was serving"},
+		{"never comes up", hang, time.Second, "2 of 2 new workers were not live and serving after 1s"},
+		{"missing", filepath.Join(t.TempDir(), "none"), time.Minute, "no such file"},
+		{"works", os.Args[0], time.Minute, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := pids(m.live())
-			got, err := m.upgrade(tt.binary)
+			got, err := m.upgrade(tt.binary, tt.timeout)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("upgrade = %v, want %q", err, tt.wantErr)

@@ -257,7 +257,7 @@ func (m *Master) run(ctx context.Context) error {
 	}
 	m.cur = first
 	m.mu.Unlock()
-	if err := m.waitServing(first); err != nil {
+	if err := m.waitServing(first, m.opts.UpgradeTimeout); err != nil {
 		m.stopAll(false)
 		m.finish()
 		return fmt.Errorf("starting the workers: %w", err)
@@ -304,7 +304,7 @@ func (m *Master) run(ctx context.Context) error {
 			case syscall.SIGHUP:
 				go m.reloadFromSource()
 			case syscall.SIGUSR2:
-				go func() { _, _ = m.upgrade("") }()
+				go func() { _, _ = m.upgrade("", m.opts.UpgradeTimeout) }()
 			case syscall.SIGQUIT:
 				escalate(true)
 			default:

@@ -80,9 +80,9 @@ func (m *Master) stopping() bool {
 
 // waitServing waits until every worker of ps is live in the zone's worker
 // table and has finished loading its config (so its sites listen), for
-// up to UpgradeTimeout. A worker that exits meanwhile fails it at once.
-func (m *Master) waitServing(ps []*proc) error {
-	ctx, cancel := context.WithTimeout(context.Background(), m.opts.UpgradeTimeout)
+// up to timeout. A worker that exits meanwhile fails it at once.
+func (m *Master) waitServing(ps []*proc, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	pending := append([]*proc(nil), ps...)
 	var z *zone.Zone
@@ -122,7 +122,7 @@ func (m *Master) waitServing(ps []*proc) error {
 		case <-m.quit:
 			return errors.New("the group is stopping")
 		case <-ctx.Done():
-			return fmt.Errorf("%d of %d new workers were not live and serving after %v (pids %v)", len(pending), len(ps), m.opts.UpgradeTimeout, pids(pending))
+			return fmt.Errorf("%d of %d new workers were not live and serving after %v (pids %v)", len(pending), len(ps), timeout, pids(pending))
 		}
 	}
 }

@@ -14,9 +14,9 @@ import (
 // starts a new generation of N workers next to the old one (they share the
 // site ports through SO_REUSEPORT), waits until all are live on the zone
 // and serving, then stops the old ones gracefully. When the new ones do
-// not come up within UpgradeTimeout, they are stopped and the old ones go
-// on. It returns the new workers' pids.
-func (m *Master) upgrade(binary string) ([]int, error) {
+// not come up within timeout (Options.UpgradeTimeout), they are stopped
+// and the old ones go on. It returns the new workers' pids.
+func (m *Master) upgrade(binary string, timeout time.Duration) ([]int, error) {
 	if binary == "" {
 		binary = m.opts.Binary
 	}
@@ -35,7 +35,7 @@ func (m *Master) upgrade(binary string) ([]int, error) {
 	}
 	m.mu.Unlock()
 	m.log.Info("upgrade: new workers started", zap.String("binary", binary), zap.Int("generation", gen), zap.Ints("pids", pids(next)))
-	if err := m.waitServing(next); err != nil {
+	if err := m.waitServing(next, timeout); err != nil {
 		m.log.Error("upgrade failed: the new workers are stopped, the old ones go on", zap.String("binary", binary), zap.Error(err))
 		m.stopGroup(next, false)
 		return nil, fmt.Errorf("upgrading to %s: %w; the previous workers go on", binary, err)
