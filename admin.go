@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
@@ -12,6 +13,7 @@ import (
 	"github.com/ipcbus/caddy-ipcbus/events"
 	"github.com/ipcbus/caddy-ipcbus/handlers"
 	"github.com/ipcbus/caddy-ipcbus/ipc"
+	"github.com/ipcbus/caddy-ipcbus/master"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
 )
 
@@ -60,6 +62,17 @@ type WorkersReport struct {
 	Node workermgr.NodeInfo `json:"node"`
 	// Workers is the worker table: live workers first, then the exited ones.
 	Workers []workermgr.WorkerInfo `json:"workers"`
+	// Master is the master process (caddy ipcbus run) that runs workers
+	// of the zone and what it runs, when one has published its state.
+	Master *master.Info `json:"master,omitempty"`
+}
+
+// withMaster adds the zone's master, if any, to rep.
+func withMaster(rep WorkersReport) WorkersReport {
+	if in, err := master.ReadInfo(filepath.Dir(rep.Zone.Path), rep.Zone.Name); err == nil {
+		rep.Master = &in
+	}
+	return rep
 }
 
 var errNotRunning = errors.New("ipcbus is not running in this process")
@@ -87,7 +100,7 @@ func runningGET(r *http.Request) (running, error) {
 	}
 	node, workers := workermgr.Snapshot(a.zone)
 	return running{
-		workers: WorkersReport{Zone: ZoneInfo{Name: a.Zone, Path: a.zone.Path(), Size: a.zone.Size()}, Node: node, Workers: workers},
+		workers: withMaster(WorkersReport{Zone: ZoneInfo{Name: a.Zone, Path: a.zone.Path(), Size: a.zone.Size()}, Node: node, Workers: workers}),
 		stats:   a.statsLocked(),
 	}, nil
 }

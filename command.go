@@ -14,6 +14,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
+	"github.com/ipcbus/caddy-ipcbus/master"
 	"github.com/ipcbus/caddy-ipcbus/workermgr"
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
@@ -21,14 +22,21 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "ipcbus",
-		Usage: "workers|tail|rm [--zone <name>] [--dir <path>] [--mode <octal>] ...",
-		Short: "Inspects, follows and removes ipcbus zones",
+		Usage: "workers|tail|rm|run|upgrade [--zone <name>] [--dir <path>] [--mode <octal>] ...",
+		Short: "Runs worker groups; inspects, follows and removes ipcbus zones",
 		Long: `
-Reads an ipcbus zone file directly (no admin endpoint needed).
+Runs N Caddy workers under a master, and reads an ipcbus zone file
+directly (no admin endpoint needed).
 
+  caddy ipcbus run [--workers <n>] [--config <path>] [--adapter <name>]
+      runs N worker processes on the config and its zone, with a master
+      that serves the config's admin address for them (see its --help);
+  caddy ipcbus upgrade [--binary <path>] [--address <admin>] [--config <path>]
+      asks that master for a zero-downtime upgrade to a new binary;
   caddy ipcbus workers [--zone <name>] [--dir <path>] [--mode <octal>] [--json]
-      prints the node counters and the worker table; with --fleet, every
-      host of the fleet, from the admin endpoint at --address;
+      prints the zone's master (if any), the node counters and the worker
+      table; with --fleet, every host of the fleet, from the admin endpoint
+      at --address;
   caddy ipcbus tail [--zone ...] [--source <s>] [--event <e>] [--since <seq>|now] [--count <n>] [--json]
       follows the events bus like tail -f: every event posted on the node,
       from now (or from sequence --since, as far back as the ring holds),
@@ -65,11 +73,11 @@ Reads an ipcbus zone file directly (no admin endpoint needed).
 			workers.Flags().Bool("json", false, "print JSON")
 			workers.Flags().Bool("fleet", false, "list every host of the fleet, asking the admin endpoint at --address (GET /ipcbus/fleet)")
 			workers.Flags().String("address", "", "the admin endpoint for --fleet (default: localhost:2019, or CADDY_ADMIN)")
-			cmd.AddCommand(workers, tailCommand(), rmCommand())
+			cmd.AddCommand(workers, tailCommand(), rmCommand(), runCommand(), upgradeCommand())
 			cmd.Args = cobra.ArbitraryArgs
 			cmd.RunE = func(c *cobra.Command, args []string) error {
 				if len(args) > 0 {
-					return fmt.Errorf("unknown command %q for caddy ipcbus; use workers, tail or rm", args[0])
+					return fmt.Errorf("unknown command %q for caddy ipcbus; use workers, tail, rm, run or upgrade", args[0])
 				}
 				return c.Help()
 			}
@@ -89,7 +97,7 @@ func printWorkers(out io.Writer, o zone.Options, asJSON bool) error {
 	}
 	defer z.Close()
 	node, workers := workermgr.Snapshot(z)
-	rep := WorkersReport{Zone: ZoneInfo{Name: name, Path: z.Path(), Size: z.Size()}, Node: node, Workers: workers}
+	rep := withMaster(WorkersReport{Zone: ZoneInfo{Name: name, Path: z.Path(), Size: z.Size()}, Node: node, Workers: workers})
 	if asJSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
@@ -122,6 +130,28 @@ func ago(t, now time.Time) string {
 	return humanize.RelTime(t, now, "ago", "from now")
 }
 
+// writeMaster prints the zone's master and its workers, if one runs.
+func writeMaster(out io.Writer, in *master.Info, now time.Time) {
+	if in == nil || !in.Running {
+		return
+	}
+	admin := in.Admin
+	if admin == "" {
+		admin = "off"
+	}
+	fmt.Fprintf(out, "master pid %d, started %s, admin %s, generation %d, binary %s\n", in.PID, ago(in.StartedAt, now), admin, in.Generation, in.Binary)
+	for _, w := range in.Workers {
+		state := "worker"
+		switch {
+		case w.Stopping:
+			state = "stopping"
+		case w.Starting:
+			state = "starting"
+		}
+		fmt.Fprintf(out, "  %s %d: pid %d, generation %d, started %s, restarts %d\n", state, w.Slot, w.PID, w.Generation, ago(w.StartedAt, now), w.Restarts)
+	}
+}
+
 func writeTable(out io.Writer, rep WorkersReport, now time.Time) error {
 	n := rep.Node
 	since := "started " + ago(n.StartedAt, now)
@@ -130,6 +160,7 @@ func writeTable(out io.Writer, rep WorkersReport, now time.Time) error {
 	}
 	fmt.Fprintf(out, "zone %s  %s  %s\n", rep.Zone.Name, rep.Zone.Path, humanize.IBytes(uint64(rep.Zone.Size)))
 	fmt.Fprintf(out, "node %s, %s (start #%d)\n", n.State, since, n.Epoch)
+	writeMaster(out, rep.Master, now)
 	fmt.Fprintf(out, "node starts %d  worker starts %d  reloads %d  exits %d  crashes %d  missed heartbeats %d  ring gaps %d  alerts discarded %d\n\n",
 		n.Starts, n.WorkerStarts, n.Reloads, n.Exits, n.Crashes, n.MissedHeartbeats, n.RingGaps, n.AlertsDiscarded)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

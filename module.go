@@ -5,6 +5,7 @@
 package ipcbus
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -152,6 +153,10 @@ type App struct {
 	alerts     *ipc.IPC
 	fleet      *fleet.Fleet
 	mu         sync.Mutex
+
+	// admin is the config's admin address as written, adminK its
+	// normalized form for the worker table ("" when off or unknown).
+	admin, adminK string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -167,6 +172,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.setDefaults()
+	if addr, off, ok := configAdmin(ctx); ok && !off {
+		a.admin, a.adminK = addr, adminKey(addr)
+	} else if !ok {
+		a.logger.Warn("the admin address of this config cannot be read: a clash with another process's admin address goes unchecked")
+	}
 	if a.Emit != nil {
 		ev, err := ctx.App("events")
 		if err != nil {
@@ -414,7 +424,12 @@ func (a *App) Start() (err error) {
 		DeadAfter:  time.Duration(a.DeadAfter),
 		Logger:     a.logger,
 		OnEvent:    onEvent,
+		Admin:      a.adminK,
 	}); err != nil {
+		var clash *workermgr.AdminClashError
+		if errors.As(err, &clash) {
+			clash.Admin = a.admin
+		}
 		return err
 	}
 	bus.SetOnCursor(w.SetCursor)

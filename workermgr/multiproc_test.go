@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
-		w, err := Join(z, Config{Generation: 1})
+		w, err := Join(z, Config{Generation: 1, Admin: os.Getenv("WORKERMGR_HELPER_ADMIN")})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)

@@ -45,6 +45,12 @@ type Config struct {
 	OnEvent func(Event)
 	// Logger gets lifecycle logs; nil discards them.
 	Logger *zap.Logger
+	// Admin is the admin address of the worker's process, normalized so
+	// that two spellings of one address are equal (AdminKey), or "" when
+	// the process has none (or it is unknown). Join refuses with an
+	// AdminClashError while a live worker of another process of the zone
+	// has the same.
+	Admin string
 }
 
 func (c *Config) setDefaults() error {
@@ -186,6 +192,10 @@ func (w *Worker) join() error {
 			live++
 		}
 	}
+	hash := adminHash(w.cfg.Admin)
+	if err := w.checkAdminLocked(hash); err != nil {
+		return err
+	}
 	nodeStart := live == 0
 	if nodeStart {
 		// A new run of the node: the entries of the last run are history
@@ -218,6 +228,7 @@ func (w *Worker) join() error {
 	s.Cursor.Store(z.Ring().Tail())
 	s.AlertCursor.Store(0) // no alerts receiver until one starts
 	s.SendWaiting.Store(0) // a predecessor killed while waiting left it set
+	s.AdminHash.Store(hash)
 	w.epoch = node.Epoch.Load()
 	s.Epoch.Store(w.epoch)
 	s.State.Store(zone.WorkerLive)

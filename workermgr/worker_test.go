@@ -255,3 +255,50 @@ func TestLogLevels(t *testing.T) {
 		}
 	}
 }
+
+// TestLifecycleLogged: the lifecycle as it is logged, captured: a crash
+// at error, a hang at warn, node start and stop, starts, reloads and exits
+// at info, each once.
+func TestLifecycleLogged(t *testing.T) {
+	z := openZone(t)
+	core, logs := observer.New(zap.DebugLevel)
+	logged := func(c *Config) { c.Logger = zap.New(core) }
+	rec := &recorder{}
+	w1 := join(t, z, 1, rec, logged)
+	w2 := join(t, z, 2, rec, logged)
+	w1.Leave(ReasonAuto)
+	w3 := join(t, z, 3, rec, logged)
+	now := time.Now()
+	w2.Probe(now.Add(3 * time.Hour)) // w3 silent: hung
+	close(w3.stop)
+	<-w3.done
+	w3.left.Store(true)
+	w3.h.Close() // w3's process "dies"
+	w2.Probe(now.Add(3 * time.Hour))
+	w2.Leave(ReasonShutdown)
+
+	type entry struct {
+		msg    string
+		level  zapcore.Level
+		reason string
+	}
+	want := []entry{
+		{"ipcbus node_started", zapcore.InfoLevel, ""},
+		{"ipcbus worker_started", zapcore.InfoLevel, ""},
+		{"ipcbus worker_started", zapcore.InfoLevel, ""}, // the reload's new generation
+		{"ipcbus worker_exited", zapcore.InfoLevel, "reload"},
+		{"ipcbus worker_started", zapcore.InfoLevel, ""},
+		{"ipcbus worker_crashed", zapcore.WarnLevel, "hung"},
+		{"ipcbus worker_crashed", zapcore.ErrorLevel, "crash"},
+		{"ipcbus worker_exited", zapcore.InfoLevel, "shutdown"},
+		{"ipcbus node_stopped", zapcore.InfoLevel, "shutdown"},
+	}
+	var got []entry
+	for _, e := range logs.All() {
+		r, _ := e.ContextMap()["reason"].(string)
+		got = append(got, entry{e.Message, e.Level, r})
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("logged:\n%v\nwant:\n%v", got, want)
+	}
+}

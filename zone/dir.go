@@ -252,3 +252,22 @@ func unwrapPath(err error) error {
 	}
 	return err
 }
+
+// PrivateDir creates the private directory of the zone named by o if it
+// is missing, checks it (see the package's directory rules) and returns
+// its path: for the files that live with a zone but are not the zone's,
+// such as a master process's worker sockets and configs.
+func PrivateDir(o Options) (string, error) {
+	mode := modeOf(o)
+	if err := validateMode(mode); err != nil {
+		return "", err
+	}
+	if o.Dir == "" {
+		o.Dir = DefaultDir()
+	}
+	path := DirFor(o)
+	if err := ensureDir(o.Dir, path, mode); err != nil {
+		return "", err
+	}
+	return path, nil
+}

@@ -51,7 +51,7 @@ import (
 //	640         128               fleet area (type FleetArea): the state of the host's
 //	                              bridge to a NATS JetStream fleet, if one is configured
 //	768         3328              reserved, zero
-//	4096        256 × 128       worker table (type WorkerSlot)
+//	4096        256 × 128       worker table (type WorkerSlot; layout 8 added its AdminHash at +80)
 //	36864       256 × 64        member table (type MemberSlot): one per process mapping
 //	53248       keys × 64       unique table (type uniqueSlot): run-once keys of the events bus
 //	…           slots × 16      ring index (type indexSlot) (at 315392 with the default 4096 keys)
@@ -290,7 +290,14 @@ type WorkerSlot struct {
 	// senders do not wait for it (two handlers waiting for each other
 	// would each wait out the send timeout).
 	SendWaiting atomic.Uint32
-	_           [52]byte
+	_           [4]byte
+	// AdminHash identifies the admin address of the worker's Caddy config
+	// (FNV-1a of its normalized form; 0 when the admin endpoint is off or
+	// its address unknown): a worker refuses to join while another
+	// process's live worker has the same, since SO_REUSEPORT would let
+	// both listen and admin requests reach either. Layout 8.
+	AdminHash atomic.Uint64
+	_         [40]byte
 }
 
 // Worker slot states.
