@@ -6,6 +6,7 @@
 //	go run ./bench alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false]
 //	go run ./bench pingpong -n N -size BYTES -k PONGS
 //	go run ./bench load -caddy ./caddy [-procs 2] [-mode sse|longpoll] [-s S] [-m M] [-size B] [-rate R | -conns C]
+//	go run ./bench fleet [-hosts 2 -workers 2 -rate 1000 -paced 5000 -burst 200000 -size 16 -nats URL]
 //	go run ./bench chaos [-writers 3 -readers 2 -zone-size 1MiB -min 16 -max 0 -duration 60s -stops=true -kill=false -waitmax 100ms]
 //
 // It starts N worker processes on a fresh zone (plain Go processes using the
@@ -18,6 +19,12 @@
 // ipc.Broadcast. "pingpong" is ngx_lua_ipc's own benchmark: worker 0
 // broadcasts a ping, every other worker replies with a pong to the sender,
 // and each pong is answered with a new ping to its sender, until K pongs.
+//
+// "fleet" runs hosts (zones) whose worker processes run the fleet bridge
+// to one NATS server (embedded unless -nats): the driver posts on host 0,
+// paced then in a burst, and follows every other host's ring; it prints the
+// host → host latency beside a bare NATS publish → subscribe (the floor),
+// the burst's host → host rate, and what was lost or repeated.
 //
 // "chaos" is not a speed test but the ring's adversarial correctness check
 // (package internal/chaos): writer processes write self-verifying records
@@ -46,6 +53,9 @@ import (
 
 func main() {
 	chaos.MaybeChild()
+	if os.Getenv("BENCH_WORKER") == "fleet" {
+		os.Exit(fleetWorker())
+	}
 	if os.Getenv("BENCH_WORKER") != "" {
 		os.Exit(worker())
 	}
@@ -61,8 +71,10 @@ func main() {
 		os.Exit(loadMain(os.Args[2:]))
 	case "chaos":
 		os.Exit(chaosMain(os.Args[2:]))
+	case "fleet":
+		os.Exit(fleetMain(os.Args[2:]))
 	default:
-		fmt.Fprintln(os.Stderr, "usage: bench events|alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false] [-zone-size BYTES] [-spin D]\n       bench pingpong -n N -size BYTES -k PONGS\n       bench load -caddy BINARY [-procs 2] [-mode sse|longpoll] [-s SUBSCRIBERS] [-m MESSAGES] [-size BYTES] [-rate PER_S | -conns N]\n       bench chaos [-writers 3 -readers 2 -zone-size 1MiB -min 16 -max 0 -duration 60s -stops=true -kill=false -waitmax 100ms]")
+		fmt.Fprintln(os.Stderr, "usage: bench events|alerts [-n N -size BYTES -k COUNT [-gap DURATION]] [-json=false] [-zone-size BYTES] [-spin D]\n       bench pingpong -n N -size BYTES -k PONGS\n       bench load -caddy BINARY [-procs 2] [-mode sse|longpoll] [-s SUBSCRIBERS] [-m MESSAGES] [-size BYTES] [-rate PER_S | -conns N]\n       bench fleet [-hosts 2 -workers 2 -rate 1000 -paced 5000 -burst 200000 -size 16 -nats URL]\n       bench chaos [-writers 3 -readers 2 -zone-size 1MiB -min 16 -max 0 -duration 60s -stops=true -kill=false -waitmax 100ms]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(mode, flag.ExitOnError)

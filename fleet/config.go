@@ -37,8 +37,9 @@ const (
 	// counted exactly.
 	DefaultMaxAge   = 24 * time.Hour
 	DefaultMaxBytes = 1 << 30
-	// DefaultMaxInflight bounds the publishes awaiting their ack.
-	DefaultMaxInflight = 4096
+	// DefaultMaxInflight bounds the publishes awaiting their ack (and 64 MiB
+	// bounds their bytes).
+	DefaultMaxInflight = 16384
 )
 
 // Names of the fleet's own events, posted on every host's bus under the

@@ -68,7 +68,7 @@ func (f *Fleet) inbound(ctx context.Context) error {
 	}
 	// A pull expiring every 5s with heartbeats every 2s: a consumer lost
 	// with its server is noticed (missed heartbeats) and made again.
-	it, err := cons.Messages(jetstream.PullMaxMessages(1024), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(2*time.Second))
+	it, err := cons.Messages(jetstream.PullMaxMessages(4096), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(2*time.Second))
 	if err != nil {
 		return fmt.Errorf("consumer on %s: %w", f.cfg.Stream(), err)
 	}

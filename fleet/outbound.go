@@ -17,9 +17,13 @@ import (
 
 // pending is a publish awaiting its ack.
 type pending struct {
-	seq uint64
-	fut jetstream.PubAckFuture
+	seq  uint64
+	size int
+	fut  jetstream.PubAckFuture
 }
+
+// maxInflightBytes bounds the bytes of the publishes awaiting their ack.
+const maxInflightBytes = 64 << 20
 
 // outbound publishes the events posted on this host, from the zone's
 // outbound cursor on, in ring order, with a message id JetStream
@@ -41,6 +45,7 @@ func (f *Fleet) outbound(ctx context.Context) error {
 	subject := f.cfg.eventSubject()
 	prefix := f.cfg.Node + "." + strconv.FormatInt(f.z.CreatedAt().UnixNano(), 10) + "."
 	var q []pending
+	var inflight int // bytes
 	var buf []byte
 	var lost lossReport
 	defer lost.flush(f)
@@ -76,6 +81,7 @@ func (f *Fleet) outbound(ctx context.Context) error {
 		}
 		f.fa.OutNext.Store(q[0].seq + 1)
 		f.fa.Published.Add(1)
+		inflight -= q[0].size
 		q = q[1:]
 		return true, nil
 	}
@@ -90,7 +96,7 @@ func (f *Fleet) outbound(ctx context.Context) error {
 			}
 		}
 		f.fa.OutPending.Store(uint64(len(q)))
-		if len(q) >= f.cfg.MaxInflight {
+		if len(q) >= f.cfg.MaxInflight || inflight >= maxInflightBytes {
 			if _, err := ack(time.Second); err != nil {
 				return err
 			}
@@ -167,7 +173,8 @@ func (f *Fleet) outbound(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("publish of event %d: %w", ev.Seq, err)
 		}
-		q = append(q, pending{seq: ev.Seq, fut: fut})
+		q = append(q, pending{seq: ev.Seq, size: len(msg.Data), fut: fut})
+		inflight += len(msg.Data)
 	}
 	return ctx.Err()
 }
