@@ -305,6 +305,17 @@ func TestFleetHTTP(t *testing.T) {
 		st := a.status(t, a.procs[1])
 		return len(st.Nodes) == 2 && st.Nodes[0].Node == "host-a" && st.Nodes[1].Node == "host-b" && st.Nodes[1].Workers == 2
 	})
+	// Metrics, read from the zone by any process of the host (20 chat
+	// events and one run-once winner or more were published by a).
+	m := a.procs[1].metrics(t)
+	for _, want := range []string{"caddy_ipcbus_fleet_published_total", "caddy_ipcbus_fleet_connected 1", "caddy_ipcbus_fleet_out_lost_total 0"} {
+		if !strings.Contains(m, want) {
+			t.Fatalf("metrics lack %q", want)
+		}
+	}
+	if strings.Contains(m, "caddy_ipcbus_fleet_published_total 0\n") {
+		t.Fatal("metrics count nothing published")
+	}
 	out, err := cli(t, "ipcbus", "workers", "--fleet", "--address", a.procs[0].admin)
 	if err != nil || !strings.Contains(out, "host-a") || !strings.Contains(out, "host-b") {
 		t.Fatalf("caddy ipcbus workers --fleet: %v\n%s", err, out)
