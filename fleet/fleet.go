@@ -45,6 +45,7 @@ type Fleet struct {
 	bridging   atomic.Bool
 	tooLarge   atomic.Uint64
 	malformed  atomic.Uint64
+	skipped    atomic.Uint64 // remote events of sources this host does not take
 	claimsLost atomic.Uint64 // unique claims refused for want of NATS
 	lostUpTo   uint64        // the outbound side counted ring losses up to here (its goroutine only)
 }

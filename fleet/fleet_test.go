@@ -274,11 +274,16 @@ func TestFleetCarriesEventsBothWays(t *testing.T) {
 	}
 }
 
+// TestFleetSourcesStayHome: a host publishes only its fleet sources, and
+// applies only the remote events of its own fleet sources.
 func TestFleetSourcesStayHome(t *testing.T) {
 	ns := startNATS(t)
 	only := func(c *Config) { c.Sources = []string{"shared*"} }
 	a, b := pair(t, ns, 1, 4<<20, only)
-	onB := b.collect(t, "shared.x")
+	c := newHost(t, ns, "c", 1, 4<<20) // every source but the reserved ones
+	c.bridge(t)
+	onB := b.collectIf(t, func(ev *events.Event) bool { return ev.Node != "" }, true)
+	onA := a.collectIf(t, func(ev *events.Event) bool { return ev.Node != "" }, true)
 	for _, src := range []string{"local", events.Source, "shared.x"} {
 		if _, err := a.workers[0].bus.Post(src, "0", "x"); err != nil {
 			t.Fatal(err)
@@ -287,6 +292,17 @@ func TestFleetSourcesStayHome(t *testing.T) {
 	checkSeries(t, onB.wait(t, 1, 10*time.Second), "a", 1)
 	if pub := a.z.Fleet().Published.Load(); pub != 1 {
 		t.Fatalf("published %d events, want 1 (only shared.x)", pub)
+	}
+	// c publishes both; a applies only shared.y.
+	for _, src := range []string{"other", "shared.y"} {
+		if _, err := c.workers[0].bus.Post(src, "0", "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := onA.wait(t, 1, 10*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	if got = onA.get(); len(got) != 1 || got[0].Source != "shared.y" || got[0].Node != "c" {
+		t.Fatalf("host a applied %+v, want only shared.y from c", got)
 	}
 }
 

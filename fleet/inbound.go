@@ -114,6 +114,12 @@ func (f *Fleet) apply(ctx context.Context, body []byte, epoch, s uint64) error {
 	if m.node == f.cfg.Node {
 		return nil
 	}
+	if !f.cfg.Crosses(m.source) {
+		// Not a source this host takes from the fleet (its sources differ
+		// from the poster's, or a reserved one sent by something else).
+		f.skipped.Add(1)
+		return nil
+	}
 	r := events.Remote{Node: m.node, StreamEpoch: epoch, StreamSeq: s, PID: m.pid, Generation: m.gen, Time: m.time}
 	for backoff := time.Millisecond; ; backoff = min(2*backoff, 100*time.Millisecond) {
 		// The last check before the post: a bridge that was silent so long
