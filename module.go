@@ -1,7 +1,7 @@
 // Package ipcbus is a Caddy app that joins every Caddy process on a host to
 // one shared-memory zone: a worker table kept by heartbeats and kernel
 // liveness locks, and the broadcast ring the event bus and IPC alerts ride
-// on. See README.md for the vocabulary and the configuration.
+// on. See docs/configuration.md for the vocabulary and the configuration.
 package ipcbus
 
 import (
