@@ -7,6 +7,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -41,7 +42,7 @@ func (p *proc) fds(t *testing.T) int {
 // descriptors or mappings (each reload starts a worker, a bus and an
 // alerts reader, and stops the old ones), also with the reactions to
 // alerts configured (the goroutines of webhooks and emit, an alerts
-// stream route).
+// stream route), and with a fleet (its connection and bridge).
 func TestReloadLeavesNothingBehind(t *testing.T) {
 	for _, tc := range []struct{ name, settings, routes string }{
 		{"plain", "", ""},
@@ -55,10 +56,16 @@ func TestReloadLeavesNothingBehind(t *testing.T) {
 			alerts
 		}
 	}`},
+		// The fleet part: a NATS connection, the lease candidacy and (in
+		// this only process) the bridge's goroutines, per worker.
+		{"fleet", "fleet itest {\n\t\t\tnats NATS_URL\n\t\t}", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newNode(t)
 			n.settings, n.routes = tc.settings, tc.routes
+			if strings.Contains(n.settings, "NATS_URL") {
+				n.settings = strings.ReplaceAll(n.settings, "NATS_URL", startNATSProc(t).url())
+			}
 			reloadLeavesNothing(t, n)
 		})
 	}
