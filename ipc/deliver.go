@@ -51,9 +51,14 @@ func (c *IPC) Start() error {
 		// The hand-off point is taken under the old loop's skip lock, so
 		// that every record is either before it (the old worker's) or after
 		// it (this one's), never both.
+		// This worker also inherits the old one's waits for the workers
+		// that handed back to it while a handler of theirs still ran:
+		// the old one may have nothing to handle before the hand-off,
+		// and this one must not get ahead of those handlers either.
 		prev.skipMu.Lock()
 		c.handoff = c.ring.Tail()
 		prev.windows = append(prev.windows, window{lo: c.handoff, hi: math.MaxUint64, by: c})
+		c.awaits = prev.openAwaitsLocked()
 		prev.skipMu.Unlock()
 	} else {
 		c.handoff = c.ring.Tail()
@@ -68,12 +73,57 @@ func (c *IPC) Start() error {
 	return nil
 }
 
-// rewinding reports a rewind the loop has not taken yet: the worker will
-// read again from further back.
-func (c *IPC) rewinding() bool {
+// passed reports whether the loop is done with every record before seq:
+// it has handled them (its published next is at or past seq) and no rewind
+// is pending, after which it would read again from further back. Both are
+// judged under skipMu, under which the loop takes a rewind and publishes
+// where it rewound to, so that a next published before a rewind is never
+// taken for one after it.
+func (c *IPC) passed(seq uint64) bool {
 	c.skipMu.Lock()
 	defer c.skipMu.Unlock()
-	return c.rewind
+	return !c.rewind && c.next.Load() >= seq
+}
+
+// resumeAt is where a newer worker takes over from this stopped one: its
+// next, or where a rewind it did not take would have sent it back to.
+func (c *IPC) resumeAt() uint64 {
+	c.skipMu.Lock()
+	defer c.skipMu.Unlock()
+	n := c.next.Load()
+	if c.rewind && c.rewindTo < n {
+		n = c.rewindTo
+	}
+	return n
+}
+
+// openAwaitsLocked returns the awaited delivery goroutines that have not
+// ended yet, and forgets the others. Call under skipMu.
+func (c *IPC) openAwaitsLocked() []chan struct{} {
+	kept := c.awaits[:0]
+	for _, d := range c.awaits {
+		select {
+		case <-d:
+		default:
+			kept = append(kept, d)
+		}
+	}
+	clear(c.awaits[len(kept):])
+	c.awaits = kept
+	return append([]chan struct{}(nil), kept...)
+}
+
+// await waits for the delivery goroutines ds to end; false when this IPC
+// was closed first.
+func (c *IPC) await(ds []chan struct{}) bool {
+	for _, d := range ds {
+		select {
+		case <-d:
+		case <-c.quit:
+			return false
+		}
+	}
+	return true
 }
 
 // publish makes next known to a newer worker of this process and, while
@@ -89,7 +139,8 @@ func (c *IPC) publish(next uint64) {
 
 // Close stops delivery. If this IPC handled the process's alerts while an
 // older one still runs (a rolled-back reload), the older one takes them
-// back from where this one stopped. No handler starts after Close returns.
+// back from where this one stopped, once this one's handler (if one runs)
+// has returned. No handler starts after Close returns.
 // When no handler runs, Close waits for the delivery goroutine to end; while
 // one runs, Close does not wait for it, so that a handler may close its own
 // IPC (directly, or by reloading Caddy's config, which stops its worker):
@@ -104,6 +155,7 @@ func (c *IPC) Close() error {
 	}
 	c.open = false
 	c.stop.Store(true)
+	close(c.quit)
 	c.rd.Interrupt()
 	c.changes.Notify() // pollers waiting on Changed look again (and find the IPC closed)
 	// While a handler runs (Close may be called from it: nothing tells
@@ -127,9 +179,27 @@ func (c *IPC) Close() error {
 			// comes after where this one stopped. Its window for this
 			// worker closes there, and it re-reads from there if it is
 			// already past (a pending rewind further back is kept).
+			//
+			// The hand-back happens at once, but this worker's loop may
+			// not have ended: Close does not wait while a handler runs
+			// (it may be that handler calling), so the handler of the
+			// record just before stop may still be running. The older
+			// worker used to start on stop right away, and its handler
+			// of stop could finish before this one's of stop-1: two
+			// alerts handled out of order at the hand-back (TestHandOff,
+			// rollback: "alert N+1 handled at position N", about one run
+			// in 20). So the older worker gets this loop's done channel
+			// (and whatever this loop itself still waited for) to wait
+			// on before it starts another handler, under the same lock
+			// as the new end of the window, so that it cannot handle a
+			// record past stop without seeing it.
 			owners.m[c.z.Path()] = p
 			stop := c.rd.Next()
+			c.skipMu.Lock()
+			awaits := append(c.openAwaitsLocked(), c.done)
+			c.skipMu.Unlock()
 			p.skipMu.Lock()
+			p.awaits = append(p.awaits, awaits...)
 			for i := range p.windows {
 				if p.windows[i].by == c {
 					p.windows[i].hi = stop
@@ -165,12 +235,14 @@ func (c *IPC) loop(prev *IPC) {
 		// stops short of the hand-off, this one takes over from where it
 		// stopped.
 	wait:
-		for !c.stop.Load() && (p.next.Load() < c.handoff || p.rewinding()) {
+		for !c.stop.Load() && !p.passed(c.handoff) {
 			select {
 			case <-p.done:
-				if n := p.next.Load(); n < c.handoff {
+				if n := p.resumeAt(); n < c.handoff {
 					c.rd.Seek(n)
 				}
+				break wait
+			case <-c.quit:
 				break wait
 			case <-time.After(100 * time.Microsecond):
 			}
@@ -183,15 +255,31 @@ func (c *IPC) loop(prev *IPC) {
 			// A newer worker stopped (a rolled-back reload); its window now
 			// ends where it stopped. If this reader is past that point, seek
 			// back to it (the record just read is read again); else go on.
+			// Where it rewound to is published under the lock too: a newer
+			// worker waiting for this one (passed) must not take the next
+			// published before the rewind for how far this one has come.
 			c.rewind = false
 			if c.rewindTo < c.rd.Next() {
 				c.rd.Seek(c.rewindTo)
+				c.publish(c.rewindTo)
 				c.skipMu.Unlock()
 				continue
 			}
 		}
 		skip := st == zone.Got && c.skippedLocked(rec.Seq)
+		var awaits []chan struct{}
+		if st == zone.Got && !skip {
+			awaits = c.openAwaitsLocked()
+		}
 		c.skipMu.Unlock()
+		if len(awaits) > 0 && !c.await(awaits) {
+			// Closed while a newer worker that handed back to this one
+			// still ran a handler: rec is not handled here, and whoever
+			// takes over goes on from it.
+			c.rd.Seek(rec.Seq)
+			c.publish(rec.Seq)
+			break
+		}
 		switch st {
 		case zone.Got:
 			if !skip { // else a newer worker of this process handles it

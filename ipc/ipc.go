@@ -214,9 +214,17 @@ type IPC struct {
 	handoff  uint64        // the first sequence this worker handles
 	next     atomic.Uint64 // the sequence the loop reads next, for the newer worker
 
+	// Under skipMu: the delivery goroutines (their done channels) of newer
+	// workers that handed this process's alerts back to this one while one
+	// of their handlers still ran (or that this one took over from such a
+	// worker): no handler of this worker starts before they have ended
+	// (see await).
+	awaits []chan struct{}
+
 	runMu     sync.Mutex
 	inHandler bool // under runMu: a handler runs on the delivery goroutine (see Close)
 	stop      atomic.Bool
+	quit      chan struct{} // closed by Close: ends the loop's waits for other workers
 	done      chan struct{}
 
 	swept    time.Time
@@ -258,7 +266,7 @@ func New(o Options) (*IPC, error) {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	c := &IPC{o: o, z: o.Zone, ring: r, log: o.Logger, done: make(chan struct{}), bounds: map[bkey]bound{}}
+	c := &IPC{o: o, z: o.Zone, ring: r, log: o.Logger, quit: make(chan struct{}), done: make(chan struct{}), bounds: map[bkey]bound{}}
 	c.slot.Store(-1)
 	empty := map[string]Handler{}
 	c.handlers.Store(&empty)
