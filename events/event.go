@@ -97,6 +97,8 @@ const MaxNameLen = 255
 //	…   u32  poster's pid on its host
 //	…   u32  poster's generation
 //	…   i64  when it was posted, Unix ns
+//	…   i64  its host's zone creation time, Unix ns (names that zone)
+//	…   u64  its sequence on its host's ring
 //	…   u8   node id length N (1..MaxNodeLen)
 //	…   N    node id
 //	…        data, or with flagBlob the blob file's name
@@ -106,7 +108,7 @@ const encHeader = 16
 const maxEncHeader = encHeader + 3*MaxNameLen + remoteFixed + MaxNodeLen
 
 // remoteFixed is the size of the fixed part of the remote fields.
-const remoteFixed = 8 + 8 + 4 + 4 + 8 + 1
+const remoteFixed = 8 + 8 + 4 + 4 + 8 + 8 + 8 + 1
 
 // Remote is where an event from another host of a fleet comes from.
 type Remote struct {
@@ -118,6 +120,11 @@ type Remote struct {
 	PID, Generation uint32
 	// Time is when it was posted on its host, Unix ns.
 	Time int64
+	// OriginZone names its host's zone (the zone's creation time, Unix
+	// ns) and OriginSeq is its sequence on that zone's ring: the fleet
+	// bridge keeps each host's events in that order, once.
+	OriginZone int64
+	OriginSeq  uint64
 }
 
 type encoded struct {
@@ -149,6 +156,8 @@ func (e *encoded) header(dst []byte) []byte {
 	dst = binary.LittleEndian.AppendUint32(dst, r.PID)
 	dst = binary.LittleEndian.AppendUint32(dst, r.Generation)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(r.Time))
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(r.OriginZone))
+	dst = binary.LittleEndian.AppendUint64(dst, r.OriginSeq)
 	dst = append(dst, byte(len(r.Node)))
 	return append(dst, r.Node...)
 }
@@ -184,7 +193,9 @@ func decode(b []byte) (encoded, error) {
 		r.PID = binary.LittleEndian.Uint32(b[p+16:])
 		r.Generation = binary.LittleEndian.Uint32(b[p+20:])
 		r.Time = int64(binary.LittleEndian.Uint64(b[p+24:]))
-		n := int(b[p+32])
+		r.OriginZone = int64(binary.LittleEndian.Uint64(b[p+32:]))
+		r.OriginSeq = binary.LittleEndian.Uint64(b[p+40:])
+		n := int(b[p+48])
 		p += remoteFixed
 		if n == 0 || n > MaxNodeLen || p+n > len(b) {
 			return encoded{}, errBadRecord

@@ -11,7 +11,7 @@ func FuzzEventDecode(f *testing.F) {
 	f.Add(append(e.header(nil), e.payload...))
 	e = encoded{flags: flagBlob, source: "s", event: "e", payload: []byte("ipcbus-x.zone.blob-1-1")}
 	f.Add(append(e.header(nil), e.payload...))
-	e = encoded{flags: flagRemote | flagUnique, source: "s", event: "e", unique: "k", remote: Remote{Node: "host-b", StreamEpoch: 7, StreamSeq: 42, PID: 10, Generation: 2, Time: 99}, payload: []byte("x")}
+	e = encoded{flags: flagRemote | flagUnique, source: "s", event: "e", unique: "k", remote: Remote{Node: "host-b", StreamEpoch: 7, StreamSeq: 42, PID: 10, Generation: 2, Time: 99, OriginZone: 5, OriginSeq: 77}, payload: []byte("x")}
 	f.Add(append(e.header(nil), e.payload...))
 	f.Add([]byte{})
 	f.Add(make([]byte, encHeader))

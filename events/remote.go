@@ -87,37 +87,58 @@ func (b *Bus) postRemote(source, event string, data []byte, isJSON bool, unique 
 	return b.write(e)
 }
 
-// LastRemote reads the events the ring holds and returns the highest
-// stream sequence of a remote event of the stream epoch given, 0 if there
-// is none. The ring record is what commits a remote event on this host: a
-// bridge taking over starts after what this returns, so that an event its
-// predecessor posted just before dying is neither lost nor posted twice.
-// It waits at most wait for records still being written.
-func (b *Bus) LastRemote(epoch uint64, wait time.Duration) (uint64, error) {
+// Origin is where a host's events stand on this host: the zone they come
+// from and the sequence, on that zone's ring, of the last one posted here.
+type Origin struct {
+	Zone int64
+	Seq  uint64
+}
+
+// RemoteScan is what the ring holds of the remote events posted here.
+type RemoteScan struct {
+	// LastStreamSeq is the highest stream sequence of a remote event of
+	// the stream epoch asked for, 0 if none.
+	LastStreamSeq uint64
+	// Origins has, by node, the last remote event of that node in ring
+	// order.
+	Origins map[string]Origin
+}
+
+// ScanRemote reads the events the ring holds and reports the remote ones
+// (see RemoteScan). The ring record is what commits a remote event on this
+// host: a bridge taking over starts after what this returns, so that an
+// event its predecessor posted just before dying is neither lost nor
+// posted twice. It waits at most wait for records still being written.
+func (b *Bus) ScanRemote(epoch uint64, wait time.Duration) (RemoteScan, error) {
+	sc := RemoteScan{Origins: map[string]Origin{}}
 	b.rmu.RLock()
 	defer b.rmu.RUnlock()
 	if b.shut {
-		return 0, ErrClosed
+		return sc, ErrClosed
 	}
 	end := b.ring.Tail()
 	rd := b.ring.NewReader(0)
 	rd.SetFilter(onlyEvents)
 	deadline := time.Now().Add(wait)
-	var last uint64
 	for rd.Next() < end {
 		rec, st := rd.Read(time.Until(deadline))
 		switch st {
 		case zone.Got:
 			e, err := decode(rec.Data)
-			if err == nil && e.flags&flagRemote != 0 && e.remote.StreamEpoch == epoch {
-				last = max(last, e.remote.StreamSeq)
+			if err != nil || e.flags&flagRemote == 0 {
+				continue
 			}
+			r := &e.remote
+			if r.StreamEpoch == epoch {
+				sc.LastStreamSeq = max(sc.LastStreamSeq, r.StreamSeq)
+			}
+			sc.Origins[r.Node] = Origin{Zone: r.OriginZone, Seq: r.OriginSeq}
 		case zone.Overrun, zone.Gap:
 		default:
 			if !time.Now().Before(deadline) {
-				return last, fmt.Errorf("ring records before %d still being written after %v", end, wait)
+				return sc, fmt.Errorf("ring records before %d still being written after %v", end, wait)
 			}
 		}
 	}
-	return last, nil
+	return sc, nil
 }

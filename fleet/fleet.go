@@ -48,6 +48,8 @@ type Fleet struct {
 	skipped    atomic.Uint64 // remote events of sources this host does not take
 	claimsLost atomic.Uint64 // unique claims refused for want of NATS
 	lostUpTo   uint64        // the outbound side counted ring losses up to here (its goroutine only)
+	outRuns    atomic.Uint64 // outbound runs of this process, in message ids
+	outOfOrder atomic.Uint64 // remote copies dropped: their predecessor was not applied yet
 }
 
 // errNotOwner ends a bridge whose lease was taken over.

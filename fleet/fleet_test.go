@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
@@ -565,4 +567,39 @@ func TestFleetNodeLeftByTTL(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatal("no node_left within 10s of a 2s TTL")
+}
+
+// TestFleetChain: a host applies another host's events only in their chain
+// (each names its predecessor): a copy that came before its predecessor is
+// dropped, as its host publishes it again after the predecessor; a copy
+// applied already is dropped too. This is what keeps each host's order when
+// a publish was lost in flight while later ones were stored.
+func TestFleetChain(t *testing.T) {
+	ns := startNATS(t)
+	b := newHost(t, ns, "b", 1, 4<<20)
+	b.bridge(t)
+	onB := b.collectRemote(t, "app", "x")
+	nc, err := nats.Connect(ns.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ seq, prev uint64 }{
+		{1, 0}, {3, 2} /* before its predecessor */, {2, 1}, {3, 2} /* published again */, {3, 2} /* a repeat */, {4, 3},
+	} {
+		m := message{source: "app", event: strconv.FormatUint(c.seq-1, 10), node: "x", zone: 77, seq: c.seq, prev: c.prev, data: []byte("d")}
+		if _, err := js.Publish(t.Context(), "ipcbus.test.e.x", m.encode(nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkSeries(t, onB.wait(t, 4, 10*time.Second), "x", 4)
+	time.Sleep(200 * time.Millisecond)
+	checkSeries(t, onB.get(), "x", 4)
+	if n := b.workers[0].fleet.outOfOrder.Load(); n != 1 {
+		t.Fatalf("%d copies dropped out of order, want 1", n)
+	}
 }

@@ -43,12 +43,15 @@ func (f *Fleet) inbound(ctx context.Context) error {
 		f.fa.StreamEpoch.Store(epoch)
 	}
 	applied := f.fa.InApplied.Load()
-	if last, err := f.bus.LastRemote(epoch, 2*time.Second); err != nil {
+	sc, err := f.bus.ScanRemote(epoch, 2*time.Second)
+	if err != nil {
 		return err
-	} else if last > applied {
-		applied = last
-		f.fa.InApplied.Store(last)
 	}
+	if sc.LastStreamSeq > applied {
+		applied = sc.LastStreamSeq
+		f.fa.InApplied.Store(applied)
+	}
+	origins := sc.Origins
 	if first := info.State.FirstSeq; info.State.Msgs > 0 && first > applied+1 {
 		f.lostIn(first-applied-1, applied+1)
 		applied = first - 1
@@ -91,7 +94,7 @@ func (f *Fleet) inbound(ctx context.Context) error {
 		if s > applied+1 {
 			f.lostIn(s-applied-1, applied+1)
 		}
-		if err := f.apply(ctx, m.Data(), epoch, s); err != nil {
+		if err := f.apply(ctx, m.Data(), epoch, s, origins); err != nil {
 			return err
 		}
 		applied = s
@@ -102,8 +105,11 @@ func (f *Fleet) inbound(ctx context.Context) error {
 }
 
 // apply posts one stream message into the ring, unless it is this host's
-// own event (already here) or malformed.
-func (f *Fleet) apply(ctx context.Context, body []byte, epoch, s uint64) error {
+// own event (already here), malformed, of a source this host does not
+// take, or out of its host's chain: a copy this host applied already, or
+// one whose predecessor it has not applied yet (its host publishes it again
+// after the predecessor). origins is where each host's events stand here.
+func (f *Fleet) apply(ctx context.Context, body []byte, epoch, s uint64, origins map[string]events.Origin) error {
 	m, err := decode(body)
 	if err != nil {
 		if n := f.malformed.Add(1); n&(n-1) == 0 {
@@ -120,7 +126,16 @@ func (f *Fleet) apply(ctx context.Context, body []byte, epoch, s uint64) error {
 		f.skipped.Add(1)
 		return nil
 	}
-	r := events.Remote{Node: m.node, StreamEpoch: epoch, StreamSeq: s, PID: m.pid, Generation: m.gen, Time: m.time}
+	if o, ok := origins[m.node]; ok && o.Zone == m.zone {
+		if m.seq <= o.Seq {
+			return nil // applied already: a copy published again
+		}
+		if m.prev > o.Seq {
+			f.outOfOrder.Add(1)
+			return nil
+		}
+	}
+	r := events.Remote{Node: m.node, StreamEpoch: epoch, StreamSeq: s, PID: m.pid, Generation: m.gen, Time: m.time, OriginZone: m.zone, OriginSeq: m.seq}
 	for backoff := time.Millisecond; ; backoff = min(2*backoff, 100*time.Millisecond) {
 		// The last check before the post: a bridge that was silent so long
 		// that another took over must not post what the other one posts.
@@ -130,10 +145,12 @@ func (f *Fleet) apply(ctx context.Context, body []byte, epoch, s uint64) error {
 		_, err := f.bus.PostRemote(m.source, m.event, m.data, m.json, m.unique, r)
 		if err == nil {
 			f.fa.Applied.Add(1)
+			origins[m.node] = events.Origin{Zone: m.zone, Seq: m.seq}
 			return nil
 		}
 		if !errors.Is(err, zone.ErrRingBusy) && !errors.Is(err, events.ErrBlobQuota) {
 			f.fa.InLost.Add(1)
+			origins[m.node] = events.Origin{Zone: m.zone, Seq: m.seq} // the chain goes on past it
 			f.log.Error("fleet: a remote event could not be posted on this host", zap.String("node", m.node), zap.Uint64("stream_seq", s), zap.Error(err))
 			return nil
 		}

@@ -26,10 +26,14 @@ type pending struct {
 const maxInflightBytes = 64 << 20
 
 // outbound publishes the events posted on this host, from the zone's
-// outbound cursor on, in ring order, with a message id JetStream
-// de-duplicates by. The cursor moves only past acknowledged events, so a
-// bridge taking over (or this one after NATS came back) publishes again
-// what may not have arrived, and JetStream keeps one copy.
+// outbound cursor on, in ring order, each naming the one published before
+// it. The cursor moves only past acknowledged events, so a bridge taking
+// over (or this one after a failed publish) publishes again, from the first
+// unacknowledged event on, what may not have arrived. A publish lost in
+// flight while later ones were stored (a stream leader dying with it) thus
+// comes again after them, followed by new copies of those later ones: the
+// receivers apply only copies whose predecessor they applied, so every host
+// sees this host's events in its order, once.
 func (f *Fleet) outbound(ctx context.Context) error {
 	if _, err := f.stream(ctx); err != nil {
 		return fmt.Errorf("stream %s: %w", f.cfg.Stream(), err)
@@ -40,10 +44,15 @@ func (f *Fleet) outbound(ctx context.Context) error {
 	// (after keep's backoff) from the first unacknowledged event, and
 	// JetStream drops the repeats by message id.
 	conn := f.nc.Stats().Reconnects
+	// Each message names the event published before it; this run's copies
+	// get ids of their own (see the wire format).
+	prev := f.fa.OutPrev.Load()
+	run := strconv.FormatUint(f.token&0xffffff, 16) + "-" + strconv.FormatUint(f.outRuns.Add(1), 10)
 	fl := events.NewFollower(f.z, f.fa.OutNext.Load())
 	fl.SetBlobRefs(true) // a blob is read only when it fits in a message
 	subject := f.cfg.eventSubject()
-	prefix := f.cfg.Node + "." + strconv.FormatInt(f.z.CreatedAt().UnixNano(), 10) + "."
+	zoneID := f.z.CreatedAt().UnixNano()
+	prefix := f.cfg.Node + "." + strconv.FormatInt(zoneID, 10) + "."
 	var q []pending
 	var inflight int // bytes
 	var buf []byte
@@ -79,6 +88,7 @@ func (f *Fleet) outbound(ctx context.Context) error {
 				return false, nil
 			}
 		}
+		f.fa.OutPrev.Store(q[0].seq)
 		f.fa.OutNext.Store(q[0].seq + 1)
 		f.fa.Published.Add(1)
 		inflight -= q[0].size
@@ -149,7 +159,7 @@ func (f *Fleet) outbound(ctx context.Context) error {
 			ev.Data, ev.Blob = data, nil
 		}
 		m := message{json: ev.JSON, source: ev.Source, event: ev.Name, unique: ev.Unique, node: f.cfg.Node,
-			pid: uint32(ev.PID), gen: uint32(ev.Generation), time: ev.Time.UnixNano(), seq: ev.Seq, data: ev.Data}
+			pid: uint32(ev.PID), gen: uint32(ev.Generation), time: ev.Time.UnixNano(), seq: ev.Seq, zone: zoneID, prev: prev, data: ev.Data}
 		buf = m.encode(buf[:0])
 		if ev.Blob != nil || len(buf) > maxPayload-256 {
 			if n := f.tooLarge.Add(1); n&(n-1) == 0 {
@@ -168,12 +178,13 @@ func (f *Fleet) outbound(ctx context.Context) error {
 			return errors.New("reconnected to NATS: publishing again from the first unacknowledged event")
 		}
 		msg := &nats.Msg{Subject: subject, Data: append([]byte(nil), buf...), Header: nats.Header{}}
-		fut, err := f.js.PublishMsgAsync(msg, jetstream.WithMsgID(prefix+strconv.FormatUint(ev.Seq, 10)),
+		fut, err := f.js.PublishMsgAsync(msg, jetstream.WithMsgID(prefix+strconv.FormatUint(ev.Seq, 10)+"."+run),
 			jetstream.WithRetryAttempts(0)) // a retry of one publish alone could land after the next
 		if err != nil {
 			return fmt.Errorf("publish of event %d: %w", ev.Seq, err)
 		}
 		q = append(q, pending{seq: ev.Seq, size: len(msg.Data), fut: fut})
+		prev = ev.Seq
 		inflight += len(msg.Data)
 	}
 	return ctx.Err()

@@ -54,6 +54,10 @@ type InStatus struct {
 	Lost uint64 `json:"lost"`
 	// StreamSeq is the last stream sequence applied.
 	StreamSeq uint64 `json:"stream_seq"`
+	// OutOfOrder counts copies dropped because their predecessor from the
+	// same host had not been applied yet; that host publishes them again
+	// (counted by this process).
+	OutOfOrder uint64 `json:"out_of_order"`
 }
 
 // NodeStatus is one host of the fleet, from its entry.
@@ -86,7 +90,7 @@ func (f *Fleet) Counters() Status {
 		st.Bridge = BridgeStatus{PID: int(f.fa.OwnerPID.Load()), Since: time.Unix(0, f.fa.Since.Load())}
 	}
 	st.Out = OutStatus{Published: f.fa.Published.Load(), Pending: f.fa.OutPending.Load(), Lost: f.fa.OutLost.Load(), TooLarge: f.tooLarge.Load()}
-	st.In = InStatus{Applied: f.fa.Applied.Load(), Lag: f.fa.InLag.Load(), Lost: f.fa.InLost.Load(), StreamSeq: f.fa.InApplied.Load()}
+	st.In = InStatus{Applied: f.fa.Applied.Load(), Lag: f.fa.InLag.Load(), Lost: f.fa.InLost.Load(), StreamSeq: f.fa.InApplied.Load(), OutOfOrder: f.outOfOrder.Load()}
 	return st
 }
 

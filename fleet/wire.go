@@ -20,18 +20,27 @@ import (
 //	12  u32  poster's generation
 //	16  i64  when it was posted, Unix ns
 //	24  u64  its sequence on its host's ring
-//	32  S    source
+//	32  i64  its host's zone creation time, Unix ns (names that zone: a
+//	         zone made again numbers its ring from 1 again)
+//	40  u64  prev: the ring sequence of the event its host published
+//	         before it (0: none known). A host applies a host's events only
+//	         in this chain; a copy whose predecessor it has not applied
+//	         yet is dropped, since its host publishes it again after the
+//	         predecessor (see outbound).
+//	48  S    source
 //	…   E    event
 //	…   U    unique key
 //	…   N    node id
 //	…        data, the payload exactly as posted
 //
 // The message id (the Nats-Msg-Id header JetStream de-duplicates by) is
-// "<node>.<zone creation time ns>.<ring sequence>": a publish repeated
-// after a takeover is the same message.
+// "<node>.<zone creation time ns>.<ring sequence>.<publisher run>": a
+// publish repeated within a run is dropped by JetStream; a run publishing
+// again what an earlier run may have published makes new copies, which the
+// receivers' chain check drops.
 const (
 	wireVersion = 1
-	wireHeader  = 32
+	wireHeader  = 48
 
 	wireJSON   = 1
 	wireUnique = 2
@@ -48,6 +57,8 @@ type message struct {
 	gen    uint32
 	time   int64
 	seq    uint64
+	zone   int64
+	prev   uint64
 	data   []byte
 }
 
@@ -65,6 +76,8 @@ func (m *message) encode(dst []byte) []byte {
 	binary.LittleEndian.PutUint32(h[12:], m.gen)
 	binary.LittleEndian.PutUint64(h[16:], uint64(m.time))
 	binary.LittleEndian.PutUint64(h[24:], m.seq)
+	binary.LittleEndian.PutUint64(h[32:], uint64(m.zone))
+	binary.LittleEndian.PutUint64(h[40:], m.prev)
 	dst = append(dst, h[:]...)
 	dst = append(dst, m.source...)
 	dst = append(dst, m.event...)
@@ -89,6 +102,7 @@ func decode(b []byte) (message, error) {
 		json: b[1]&wireJSON != 0,
 		pid:  binary.LittleEndian.Uint32(b[8:]), gen: binary.LittleEndian.Uint32(b[12:]),
 		time: int64(binary.LittleEndian.Uint64(b[16:])), seq: binary.LittleEndian.Uint64(b[24:]),
+		zone: int64(binary.LittleEndian.Uint64(b[32:])), prev: binary.LittleEndian.Uint64(b[40:]),
 	}
 	p := wireHeader
 	m.source, p = string(b[p:p+s]), p+s

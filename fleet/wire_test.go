@@ -8,7 +8,7 @@ import (
 func TestWireRoundTrip(t *testing.T) {
 	for _, m := range []message{
 		{source: "s", event: "e", node: "n", data: []byte("x")},
-		{json: true, source: "cache", event: "purge", unique: "k1", node: "host-a", pid: 7, gen: 2, time: 99, seq: 1 << 40, data: []byte(`{"a":1}`)},
+		{json: true, source: "cache", event: "purge", unique: "k1", node: "host-a", pid: 7, gen: 2, time: 99, seq: 1 << 40, zone: 12345, prev: 1<<40 - 3, data: []byte(`{"a":1}`)},
 		{source: "s", event: "empty", node: "n"},
 	} {
 		got, err := decode(m.encode(nil))
@@ -16,7 +16,7 @@ func TestWireRoundTrip(t *testing.T) {
 			t.Fatalf("decode(%+v): %v", m, err)
 		}
 		if got.source != m.source || got.event != m.event || got.unique != m.unique || got.node != m.node || got.json != m.json ||
-			got.pid != m.pid || got.gen != m.gen || got.time != m.time || got.seq != m.seq || !bytes.Equal(got.data, m.data) {
+			got.pid != m.pid || got.gen != m.gen || got.time != m.time || got.seq != m.seq || got.zone != m.zone || got.prev != m.prev || !bytes.Equal(got.data, m.data) {
 			t.Fatalf("round trip: got %+v, want %+v", got, m)
 		}
 	}

@@ -246,7 +246,10 @@ type FleetArea struct {
 	// NodesSeen is the highest join revision (in the fleet's nodes
 	// bucket) of a host announced on this host's bus (node_joined).
 	NodesSeen atomic.Uint64
-	_         [8]byte
+	// OutPrev is the ring sequence of the last event published and
+	// acknowledged: each message names its predecessor, so that a host
+	// applies a host's events only in their order.
+	OutPrev atomic.Uint64
 }
 
 // Node states.
