@@ -40,19 +40,26 @@ type sseEvent struct{ id, event, data string }
 
 // sse opens a stream and returns a channel of its events; closing ctx ends it.
 func sse(t *testing.T, ctx context.Context, url, lastID string) (<-chan sseEvent, error) {
+	ch, _, err := sseWith(ctx, http.DefaultClient, url, lastID)
+	return ch, err
+}
+
+// sseWith is sse through a client of the caller's (HTTP/2, HTTP/3), with
+// the response, whose body the channel's reader closes.
+func sseWith(ctx context.Context, client *http.Client, url, lastID string) (<-chan sseEvent, *http.Response, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	req.Header.Set("Accept", "text/event-stream")
 	if lastID != "" {
 		req.Header.Set("Last-Event-ID", lastID)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s: %s", resp.Status, b)
+		return nil, nil, fmt.Errorf("%s: %s", resp.Status, b)
 	}
 	ch := make(chan sseEvent, 1024)
 	go func() {
@@ -79,7 +86,7 @@ func sse(t *testing.T, ctx context.Context, url, lastID string) (<-chan sseEvent
 			}
 		}
 	}()
-	return ch, nil
+	return ch, resp, nil
 }
 
 func next(t *testing.T, ch <-chan sseEvent) sseEvent {
