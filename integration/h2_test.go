@@ -56,7 +56,9 @@ func TestSSEOverHTTP2AndHTTP3(t *testing.T) {
 		proto int
 		tr    func(*tls.Config) http.RoundTripper
 	}{
-		{"h2", 2, func(c *tls.Config) http.RoundTripper { return &http.Transport{TLSClientConfig: c, ForceAttemptHTTP2: true} }},
+		{"h2", 2, func(c *tls.Config) http.RoundTripper {
+			return &http.Transport{TLSClientConfig: c, ForceAttemptHTTP2: true}
+		}},
 		{"h3", 3, func(c *tls.Config) http.RoundTripper { return &http3.Transport{TLSClientConfig: c} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
