@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -15,10 +16,10 @@ import (
 )
 
 // subscribeWS reads want messages from a WebSocket of ipcbus_poll (one
-// message per event, the payload as posted).
+// message per event, the payload as posted), each into one reused buffer;
+// stop closes the connection.
 func subscribeWS(url string, ready *sync.WaitGroup, stop chan struct{}, want int, onMsg func([]byte)) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx := context.Background() // no timer per read: stop closes the socket
 	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
 	ready.Done()
 	if err != nil {
@@ -26,19 +27,36 @@ func subscribeWS(url string, ready *sync.WaitGroup, stop chan struct{}, want int
 		return
 	}
 	defer c.CloseNow()
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
 		select {
 		case <-stop:
-			cancel()
-		case <-ctx.Done():
+			c.CloseNow()
+		case <-done:
 		}
 	}()
+	buf := make([]byte, 0, 4096)
 	for n := 0; n < want; n++ {
-		_, b, err := c.Read(ctx)
+		_, r, err := c.Reader(ctx)
 		if err != nil {
 			return
 		}
-		onMsg(b)
+		buf = buf[:0]
+		for {
+			if len(buf) == cap(buf) {
+				buf = append(buf, 0)[:len(buf)]
+			}
+			k, err := r.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+k]
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return
+			}
+		}
+		onMsg(buf)
 	}
 	c.Close(websocket.StatusNormalClosure, "")
 }

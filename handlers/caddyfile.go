@@ -253,12 +253,16 @@ func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("ipcbus_poll limit: %q must be a number from 1 to %d", v, MaxPollLimit)
 			}
 			h.Limit = n
-		case "max_bytes":
+		case "max_bytes", "max_size":
 			n, err := sizeArg(d, "ipcbus_poll", opt)
 			if err != nil {
 				return err
 			}
-			h.MaxBytes = n
+			if opt == "max_bytes" {
+				h.MaxBytes = n
+			} else {
+				h.MaxSize = n
+			}
 		case "envelope", "publish":
 			if d.NextArg() {
 				return d.Errf("ipcbus_poll %s takes no value", opt)
@@ -268,12 +272,6 @@ func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.Publish = true
 			}
-		case "max_size":
-			n, err := sizeArg(d, "ipcbus_poll", opt)
-			if err != nil {
-				return err
-			}
-			h.MaxSize = n
 		case "origins":
 			vals := d.RemainingArgs()
 			if len(vals) == 0 {

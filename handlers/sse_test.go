@@ -146,6 +146,17 @@ func TestSSESlowReaderKept(t *testing.T) {
 	}
 }
 
+// postPastRing posts 20,000 events "0", "1"… as p/e, more than the 4MiB
+// ring holds (8,192), and returns the seq of the first.
+func postPastRing(t *testing.T, app *testApp) uint64 {
+	t.Helper()
+	first := post(t, app, "p", "e", "0")
+	for i := 1; i < 20000; i++ {
+		post(t, app, "p", "e", strconv.Itoa(i))
+	}
+	return first
+}
+
 type sseEvent struct{ id, event, data string }
 
 func readSSE(t *testing.T, url string, n int) []sseEvent {
@@ -197,10 +208,7 @@ func TestSSELostNotice(t *testing.T) {
 	h := &Poll{}
 	use(t, app, h)
 	srv, _ := pollServer(t, h)
-	first := post(t, app, "p", "e", "0")
-	for i := uint64(1); i < 20000; i++ { // the 4MiB ring holds 8,192
-		post(t, app, "p", "e", strconv.FormatUint(i, 10))
-	}
+	first := postPastRing(t, app)
 	evs := readSSE(t, srv.URL+fmt.Sprintf("/e?since=%d", first), 2)
 	var l struct {
 		From, Count uint64

@@ -70,6 +70,9 @@ func (h *Poll) websocket(w http.ResponseWriter, r *http.Request, p feed, envelop
 	// start and would cut the socket: write_timeout bounds each message
 	// instead, and the pings find a client that is gone.
 	_ = hw.conn.SetDeadline(time.Time{})
+	// Every write (a message, a ping, an answer, the close frame) first
+	// moves the connection's write deadline to write_timeout from now.
+	arm := func() { _ = hw.conn.SetWriteDeadline(time.Now().Add(time.Duration(h.WriteTimeout))) }
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer c.CloseNow()
@@ -79,12 +82,12 @@ func (h *Poll) websocket(w http.ResponseWriter, r *http.Request, p feed, envelop
 		c.SetReadLimit(h.limit)
 		wg.Go(func() {
 			defer cancel()
-			h.wsPublish(ctx, c)
+			h.wsPublish(ctx, c, arm)
 		})
 	} else {
 		ctx = c.CloseRead(ctx) // answers pings and close frames; a data message ends it
 	}
-	wg.Go(func() { h.wsPing(ctx, c) })
+	wg.Go(func() { h.wsPing(ctx, c, arm) })
 	// A stop cuts a socket that has not closed after the grace: a write
 	// blocked on a client that does not read, or a close handshake it
 	// does not answer.
@@ -93,12 +96,15 @@ func (h *Poll) websocket(w http.ResponseWriter, r *http.Request, p feed, envelop
 		context.AfterFunc(ctx, func() { t.Stop() })
 	})
 	defer stopCut()
-	s := &wsSink{h: h, c: c, ctx: ctx, envelope: envelope}
-	switch h.follow(ctx, p, since, s, nil) {
-	case endStopped:
-		_ = c.Close(websocket.StatusGoingAway, "the server is reloading or stopping")
-	case endClosed:
-		_ = c.Close(websocket.StatusGoingAway, "the events bus stopped")
+	s := &wsSink{h: h, c: c, arm: arm, ctx: ctx, envelope: envelope}
+	switch end := h.follow(ctx, p, since, s, nil); end {
+	case endStopped, endClosed:
+		arm()
+		reason := "the server is reloading or stopping"
+		if end == endClosed {
+			reason = "the events bus stopped"
+		}
+		_ = c.Close(websocket.StatusGoingAway, reason)
 	}
 	if s.dropped {
 		h.logger.Debug("dropped a websocket client that did not read", zap.String("remote", r.RemoteAddr), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
@@ -107,7 +113,7 @@ func (h *Poll) websocket(w http.ResponseWriter, r *http.Request, p feed, envelop
 
 // wsPing pings the client every ping_interval; a client that does not
 // answer within write_timeout is cut.
-func (h *Poll) wsPing(ctx context.Context, c *websocket.Conn) {
+func (h *Poll) wsPing(ctx context.Context, c *websocket.Conn, arm func()) {
 	t := time.NewTicker(time.Duration(h.PingInterval))
 	defer t.Stop()
 	for {
@@ -117,6 +123,7 @@ func (h *Poll) wsPing(ctx context.Context, c *websocket.Conn) {
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, time.Duration(h.WriteTimeout))
+		arm()
 		err := c.Ping(pctx)
 		cancel()
 		if err != nil {
@@ -134,6 +141,7 @@ func (h *Poll) wsPing(ctx context.Context, c *websocket.Conn) {
 type wsSink struct {
 	h        *Poll
 	c        *websocket.Conn
+	arm      func() // sets the write deadline
 	ctx      context.Context
 	bw       *bufio.Writer // reused for the messages written a piece at a time
 	buf      bytes.Buffer  // an envelope in memory, reused
@@ -142,13 +150,15 @@ type wsSink struct {
 	dropped  bool
 }
 
-// write runs fn under write_timeout, and counts a client that did not
-// take the message in time.
+// write runs fn under write_timeout: a deadline on the connection, as
+// the SSE streams' deadlineWriter sets one, rather than a context and its
+// timer per message; a write blocked past it fails, and the client is
+// counted dropped. (A stop cuts the connection after wsCloseGrace.)
 func (s *wsSink) write(fn func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(s.ctx, time.Duration(s.h.WriteTimeout))
-	defer cancel()
-	err := fn(ctx)
-	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && s.ctx.Err() == nil && s.h.stopping.Err() == nil {
+	armed := time.Now()
+	s.arm()
+	err := fn(context.Background())
+	if err != nil && s.ctx.Err() == nil && s.h.stopping.Err() == nil && time.Since(armed) >= time.Duration(s.h.WriteTimeout) {
 		s.dropped = true
 		stats.slowDropped.Add(1)
 	}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/coder/websocket"
 
@@ -39,17 +38,15 @@ type wsPublishFrame struct {
 // a text message {"seq":N} or {"error":"…","status":CODE} (with "id" if the
 // frame had one). A message over max_size ends the socket with close
 // status 1009 (the read limit).
-func (h *Poll) wsPublish(ctx context.Context, c *websocket.Conn) {
+func (h *Poll) wsPublish(ctx context.Context, c *websocket.Conn, arm func()) {
 	for {
 		typ, b, err := c.Read(ctx)
 		if err != nil {
 			return
 		}
 		answer := h.publishFrame(typ, b)
-		wctx, cancel := context.WithTimeout(ctx, time.Duration(h.WriteTimeout))
-		err = c.Write(wctx, websocket.MessageText, answer)
-		cancel()
-		if err != nil {
+		arm()
+		if err := c.Write(ctx, websocket.MessageText, answer); err != nil {
 			return
 		}
 	}

@@ -26,6 +26,21 @@ func wsDial(t *testing.T, ctx context.Context, url string, hdr http.Header) (*we
 	return c, resp, err
 }
 
+// payloadOf is the payload of an event's JSON object as posted: a string's
+// text, base64 decoded, or the JSON itself.
+func payloadOf(e EventJSON) string {
+	var s string
+	if json.Unmarshal(e.Data, &s) != nil {
+		return string(e.Data)
+	}
+	if e.DataEncoding == EncodingBase64 {
+		var b []byte
+		json.Unmarshal(e.Data, &b)
+		return string(b)
+	}
+	return s
+}
+
 type wsMessage struct {
 	typ  websocket.MessageType
 	data string
@@ -94,16 +109,7 @@ func TestWebSocketEvents(t *testing.T) {
 					if err := json.Unmarshal([]byte(m.data), &e); err != nil || e.Seq != first+uint64(i) || e.PID == 0 || e.Time.IsZero() {
 						t.Fatalf("envelope %d: %q: %v", i, m.data, err)
 					}
-					data := string(e.Data)
-					if s := ""; json.Unmarshal(e.Data, &s) == nil {
-						data = s
-					}
-					if e.DataEncoding == EncodingBase64 {
-						var b []byte
-						json.Unmarshal(e.Data, &b)
-						data = string(b)
-					}
-					got[i].data = e.Source + " " + e.Event + " " + data
+					got[i].data = e.Source + " " + e.Event + " " + payloadOf(e)
 				}
 			}
 			for i := range tc.want {
@@ -134,10 +140,7 @@ func TestWebSocketLost(t *testing.T) {
 	h := &Poll{}
 	use(t, app, h)
 	srv, _ := pollServer(t, h)
-	first := post(t, app, "p", "e", "0")
-	for i := 1; i < 20000; i++ { // the 4MiB ring holds 8,192
-		post(t, app, "p", "e", strconv.Itoa(i))
-	}
+	first := postPastRing(t, app)
 	c, _, err := wsDial(t, context.Background(), srv.URL+fmt.Sprintf("/e?since=%d", first), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -240,15 +243,7 @@ func TestWebSocketPublish(t *testing.T) {
 		}
 		var seq struct{ Seq uint64 }
 		json.Unmarshal([]byte(answer), &seq)
-		got := string(ev.Data)
-		if s := ""; json.Unmarshal(ev.Data, &s) == nil {
-			got = s
-			if ev.DataEncoding == EncodingBase64 {
-				var b []byte
-				json.Unmarshal(ev.Data, &b)
-				got = string(b)
-			}
-		}
+		got := payloadOf(ev)
 		if ev.Seq != seq.Seq || ev.Source != "chat" || ev.Event != "msg" || got != tc.data {
 			t.Fatalf("%s: answered %s, streamed %+v", tc.name, answer, ev)
 		}

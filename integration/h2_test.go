@@ -124,20 +124,7 @@ func TestSSEOverHTTP2AndHTTP3(t *testing.T) {
 			if out, err := cli(t, "reload", "--config", a.config, "--adapter", "caddyfile", "--address", a.admin, "--force"); err != nil {
 				t.Fatalf("reload: %v\n%s", err, out)
 			}
-			deadline := time.After(30 * time.Second)
-			for _, c := range chans {
-			drain:
-				for {
-					select {
-					case _, ok := <-c:
-						if !ok {
-							break drain
-						}
-					case <-deadline:
-						t.Fatalf("an HTTP/%d stream still open 30s after the reload", tc.proto)
-					}
-				}
-			}
+			drainAll(t, chans, time.After(30*time.Second), fmt.Sprintf("HTTP/%d reload", tc.proto))
 			if took := time.Since(start); took > 2*time.Second {
 				t.Fatalf("the reload took %v to end 3 HTTP/%d streams", took, tc.proto)
 			}

@@ -327,19 +327,7 @@ func TestStreamsEndOnReloadAndStop(t *testing.T) {
 	const bound = 2 * time.Second
 	ended := func(what string, start time.Time, chans []<-chan sseEvent, polls chan int) {
 		deadline := time.After(30 * time.Second)
-		for _, ch := range chans {
-		drain:
-			for {
-				select {
-				case _, ok := <-ch:
-					if !ok {
-						break drain
-					}
-				case <-deadline:
-					t.Fatalf("a stream still open 30s after the %s", what)
-				}
-			}
-		}
+		drainAll(t, chans, deadline, what)
 		for i := 0; i < 5; i++ {
 			select {
 			case code := <-polls:
@@ -369,6 +357,25 @@ func TestStreamsEndOnReloadAndStop(t *testing.T) {
 	a.signal(syscall.SIGTERM)
 	ended("stop", start, chans, polls)
 	a.waitExit()
+}
+
+// drainAll reads every stream until it ends, failing the test at deadline
+// (what says after what they should have ended).
+func drainAll(t *testing.T, chans []<-chan sseEvent, deadline <-chan time.Time, what string) {
+	t.Helper()
+	for _, ch := range chans {
+		for {
+			select {
+			case _, ok := <-ch:
+				if ok {
+					continue
+				}
+			case <-deadline:
+				t.Fatalf("a stream still open 30s after the %s", what)
+			}
+			break
+		}
+	}
 }
 
 // TestHTTPErrors: every error status of the handlers, as JSON.
