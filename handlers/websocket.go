@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -56,23 +57,44 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // Unwrap returns the wrapped writer.
 func (h *hijackRecorder) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 
+// wsConn is a WebSocket being served: the library's connection, the
+// connection under it (for its write deadline), and whether the client
+// was dropped for not reading or not answering.
+type wsConn struct {
+	*websocket.Conn
+	nc      net.Conn
+	timeout time.Duration // write_timeout
+	dropped atomic.Bool
+}
+
+// arm moves the write deadline to write_timeout from now: every write (a
+// message, a ping, an answer, the close frame) does it first, as the SSE
+// streams' deadlineWriter does, rather than a context and its timer per
+// message.
+func (c *wsConn) arm() { _ = c.nc.SetWriteDeadline(time.Now().Add(c.timeout)) }
+
+// drop counts the client dropped, once.
+func (c *wsConn) drop() {
+	if c.dropped.CompareAndSwap(false, true) {
+		stats.slowDropped.Add(1)
+	}
+}
+
 // websocket serves a stream over a WebSocket: one message per event (see
 // Poll), pings every ping_interval, and publishing with publish. The
 // slot under max_streams is taken before the upgrade.
 func (h *Poll) websocket(w http.ResponseWriter, r *http.Request, p feed, envelope bool, since uint64) {
 	hw := &hijackRecorder{ResponseWriter: w}
-	c, err := websocket.Accept(hw, r, &websocket.AcceptOptions{OriginPatterns: h.Origins})
+	wc, err := websocket.Accept(hw, r, &websocket.AcceptOptions{OriginPatterns: h.Origins})
 	if err != nil {
 		h.logger.Debug("refused a websocket", zap.String("remote", r.RemoteAddr), zap.Error(err))
 		return // Accept answered
 	}
+	c := &wsConn{Conn: wc, nc: hw.conn, timeout: time.Duration(h.WriteTimeout)}
 	// The server's read and write timeouts count from the request's
-	// start and would cut the socket: write_timeout bounds each message
-	// instead, and the pings find a client that is gone.
-	_ = hw.conn.SetDeadline(time.Time{})
-	// Every write (a message, a ping, an answer, the close frame) first
-	// moves the connection's write deadline to write_timeout from now.
-	arm := func() { _ = hw.conn.SetWriteDeadline(time.Now().Add(time.Duration(h.WriteTimeout))) }
+	// start and would cut the socket: write_timeout bounds each write
+	// instead (arm), and the pings find a client that is gone.
+	_ = c.nc.SetDeadline(time.Time{})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer c.CloseNow()
@@ -82,38 +104,38 @@ func (h *Poll) websocket(w http.ResponseWriter, r *http.Request, p feed, envelop
 		c.SetReadLimit(h.limit)
 		wg.Go(func() {
 			defer cancel()
-			h.wsPublish(ctx, c, arm)
+			h.wsPublish(ctx, c)
 		})
 	} else {
 		ctx = c.CloseRead(ctx) // answers pings and close frames; a data message ends it
 	}
-	wg.Go(func() { h.wsPing(ctx, c, arm) })
+	wg.Go(func() { h.wsPing(ctx, c) })
 	// A stop cuts a socket that has not closed after the grace: a write
 	// blocked on a client that does not read, or a close handshake it
 	// does not answer.
 	stopCut := context.AfterFunc(h.stopping, func() {
-		t := time.AfterFunc(wsCloseGrace, func() { hw.conn.Close() })
+		t := time.AfterFunc(wsCloseGrace, func() { c.nc.Close() })
 		context.AfterFunc(ctx, func() { t.Stop() })
 	})
 	defer stopCut()
-	s := &wsSink{h: h, c: c, arm: arm, ctx: ctx, envelope: envelope}
+	s := &wsSink{h: h, c: c, ctx: ctx, envelope: envelope}
 	switch end := h.follow(ctx, p, since, s, nil); end {
 	case endStopped, endClosed:
-		arm()
+		c.arm()
 		reason := "the server is reloading or stopping"
 		if end == endClosed {
 			reason = "the events bus stopped"
 		}
 		_ = c.Close(websocket.StatusGoingAway, reason)
 	}
-	if s.dropped {
-		h.logger.Debug("dropped a websocket client that did not read", zap.String("remote", r.RemoteAddr), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
+	if c.dropped.Load() {
+		h.logger.Debug("dropped a websocket client that did not read or answer pings", zap.String("remote", r.RemoteAddr), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
 	}
 }
 
 // wsPing pings the client every ping_interval; a client that does not
 // answer within write_timeout is cut.
-func (h *Poll) wsPing(ctx context.Context, c *websocket.Conn, arm func()) {
+func (h *Poll) wsPing(ctx context.Context, c *wsConn) {
 	t := time.NewTicker(time.Duration(h.PingInterval))
 	defer t.Stop()
 	for {
@@ -123,13 +145,12 @@ func (h *Poll) wsPing(ctx context.Context, c *websocket.Conn, arm func()) {
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, time.Duration(h.WriteTimeout))
-		arm()
+		c.arm()
 		err := c.Ping(pctx)
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil && h.stopping.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-				stats.slowDropped.Add(1)
-				h.logger.Debug("dropped a websocket client that did not answer a ping", zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
+				c.drop()
 			}
 			c.CloseNow()
 			return
@@ -140,27 +161,23 @@ func (h *Poll) wsPing(ctx context.Context, c *websocket.Conn, arm func()) {
 // wsSink writes a stream as WebSocket messages, each under write_timeout.
 type wsSink struct {
 	h        *Poll
-	c        *websocket.Conn
-	arm      func() // sets the write deadline
+	c        *wsConn
 	ctx      context.Context
 	bw       *bufio.Writer // reused for the messages written a piece at a time
 	buf      bytes.Buffer  // an envelope in memory, reused
 	jw       *bufio.Writer // writes the envelope into buf
 	envelope bool
-	dropped  bool
 }
 
-// write runs fn under write_timeout: a deadline on the connection, as
-// the SSE streams' deadlineWriter sets one, rather than a context and its
-// timer per message; a write blocked past it fails, and the client is
-// counted dropped. (A stop cuts the connection after wsCloseGrace.)
+// write runs fn under write_timeout (arm): a write blocked past it fails,
+// and the client is counted dropped. (A stop cuts the connection after
+// wsCloseGrace.)
 func (s *wsSink) write(fn func(context.Context) error) error {
 	armed := time.Now()
-	s.arm()
+	s.c.arm()
 	err := fn(context.Background())
-	if err != nil && s.ctx.Err() == nil && s.h.stopping.Err() == nil && time.Since(armed) >= time.Duration(s.h.WriteTimeout) {
-		s.dropped = true
-		stats.slowDropped.Add(1)
+	if err != nil && s.ctx.Err() == nil && s.h.stopping.Err() == nil && time.Since(armed) >= s.c.timeout {
+		s.c.drop()
 	}
 	return err
 }

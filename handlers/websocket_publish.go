@@ -38,14 +38,14 @@ type wsPublishFrame struct {
 // a text message {"seq":N} or {"error":"…","status":CODE} (with "id" if the
 // frame had one). A message over max_size ends the socket with close
 // status 1009 (the read limit).
-func (h *Poll) wsPublish(ctx context.Context, c *websocket.Conn, arm func()) {
+func (h *Poll) wsPublish(ctx context.Context, c *wsConn) {
 	for {
 		typ, b, err := c.Read(ctx)
 		if err != nil {
 			return
 		}
 		answer := h.publishFrame(typ, b)
-		arm()
+		c.arm()
 		if err := c.Write(ctx, websocket.MessageText, answer); err != nil {
 			return
 		}

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -188,7 +190,6 @@ func TestWebSocketPublish(t *testing.T) {
 	app := newTestApp(t)
 	h := &Poll{Publish: true, MaxSize: 1024, Sources: []string{"chat"}, Envelope: true}
 	use(t, app, h)
-	h.limit = bodyLimit(h.MaxSize, app.maxPayload)
 	srv, done := pollServer(t, h)
 	c, _, err := wsDial(t, context.Background(), srv.URL+"/e", nil)
 	if err != nil {
@@ -321,7 +322,6 @@ func TestWebSocketStop(t *testing.T) {
 			app := newTestApp(t)
 			h := &Poll{Publish: tc.publish}
 			use(t, app, h)
-			h.limit = DefaultMaxSize
 			srv, done := pollServer(t, h)
 			c, _, err := wsDial(t, context.Background(), srv.URL+"/e", nil)
 			if err != nil {
@@ -341,6 +341,60 @@ func TestWebSocketStop(t *testing.T) {
 			waitDone(t, done, 5*time.Second, "the stop")
 			if d := time.Since(start); d > wsCloseGrace {
 				t.Fatalf("the socket took %v to close", d)
+			}
+		})
+	}
+}
+
+// slowWSDial opens a WebSocket whose receive buffer is small, and never
+// reads from it.
+func slowWSDial(t *testing.T, url string) *websocket.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	c, _, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(url, "http"), &websocket.DialOptions{HTTPClient: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+// TestWebSocketSlowClient: a client that stops reading is dropped after
+// write_timeout by the write deadline (no ping within the test), and
+// counted once; on a stop, a write blocked on such a client is cut after
+// the close grace, not write_timeout, and not counted.
+func TestWebSocketSlowClient(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+		stop    bool
+		within  time.Duration
+		dropped int64
+	}{
+		{"dropped", 300 * time.Millisecond, false, 20 * time.Second, 1},
+		{"stopped", time.Minute, true, wsCloseGrace + 2*time.Second, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			app := newTestApp(t)
+			h := &Poll{WriteTimeout: caddy.Duration(tc.timeout), PingInterval: caddy.Duration(time.Hour)}
+			use(t, app, h)
+			srv, done := pollServer(t, h)
+			first := post(t, app, "p", "e", strings.Repeat("x", 200<<10))
+			for range 15 {
+				post(t, app, "p", "e", strings.Repeat("x", 200<<10))
+			}
+			before := ReadStats().SlowClientsDropped
+			slowWSDial(t, srv.URL+fmt.Sprintf("/e?since=%d", first))
+			if tc.stop {
+				time.Sleep(500 * time.Millisecond) // the writes block
+				h.stop()
+			}
+			waitDone(t, done, tc.within, tc.name)
+			if got := ReadStats().SlowClientsDropped - before; got != tc.dropped {
+				t.Fatalf("slow clients dropped: %d, want %d", got, tc.dropped)
 			}
 		})
 	}
