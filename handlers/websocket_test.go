@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -397,5 +398,42 @@ func TestWebSocketSlowClient(t *testing.T) {
 				t.Fatalf("slow clients dropped: %d, want %d", got, tc.dropped)
 			}
 		})
+	}
+}
+
+// TestWebSocketAlerts: a route with alerts serves the alerts to its
+// process over a WebSocket, each as its JSON object.
+func TestWebSocketAlerts(t *testing.T) {
+	app := newTestApp(t)
+	first := app.alerts.Tail()
+	if err := app.alerts.Send(os.Getpid(), "deploy", []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := app.alerts.Broadcast("cert-renewed", []byte{0xff, 0}); err != nil {
+		t.Fatal(err)
+	}
+	h := &Poll{Alerts: []string{"*"}}
+	use(t, app, h)
+	srv, _ := pollServer(t, h)
+	c, _, err := wsDial(t, context.Background(), srv.URL+fmt.Sprintf("/a?since=%d", first), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range wsRead(t, c, 2) {
+		var a struct {
+			Name         string
+			Data         string
+			DataEncoding string `json:"data_encoding"`
+			PID          int
+			Broadcast    bool
+		}
+		if err := json.Unmarshal([]byte(m.data), &a); err != nil || m.typ != websocket.MessageText || a.PID != os.Getpid() {
+			t.Fatalf("alert %q: %v", m.data, err)
+		}
+		got = append(got, fmt.Sprintf("%s:%s:%s:%v", a.Name, a.Data, a.DataEncoding, a.Broadcast))
+	}
+	if want := "deploy:v2::false cert-renewed:/wA=:base64:true"; strings.Join(got, " ") != want {
+		t.Fatalf("alerts %v, want %s", got, want)
 	}
 }
