@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -351,10 +349,7 @@ func TestWebSocketStop(t *testing.T) {
 // reads from it.
 func slowWSDial(t *testing.T, url string) *websocket.Conn {
 	t.Helper()
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}}
-	client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	client := &http.Client{Transport: &http.Transport{DialContext: rcvbufDialer(4096).DialContext}}
 	c, _, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(url, "http"), &websocket.DialOptions{HTTPClient: client})
 	if err != nil {
 		t.Fatal(err)
@@ -383,10 +378,7 @@ func TestWebSocketSlowClient(t *testing.T) {
 			h := &Poll{WriteTimeout: caddy.Duration(tc.timeout), PingInterval: caddy.Duration(time.Hour)}
 			use(t, app, h)
 			srv, done := pollServer(t, h)
-			first := post(t, app, "p", "e", strings.Repeat("x", 200<<10))
-			for range 15 {
-				post(t, app, "p", "e", strings.Repeat("x", 200<<10))
-			}
+			first := postBig(t, app)
 			before := ReadStats().SlowClientsDropped
 			slowWSDial(t, srv.URL+fmt.Sprintf("/e?since=%d", first))
 			if tc.stop {
