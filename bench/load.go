@@ -49,7 +49,7 @@ type loadLine struct {
 // starts -procs Caddy processes on one zone and uses their URLs.
 func loadMain(args []string) int {
 	fs := flag.NewFlagSet("load", flag.ExitOnError)
-	mode := fs.String("mode", "sse", "sse or longpoll")
+	mode := fs.String("mode", "sse", "sse, longpoll, ws (WebSocket) or h2 (SSE over HTTPS, HTTP/2)")
 	subs := fs.Int("s", 1, "subscribers")
 	msgs := fs.Int("m", 1000, "messages to publish")
 	size := fs.Int("size", 10, "message bytes (at least 10)")
@@ -59,18 +59,19 @@ func loadMain(args []string) int {
 	pubURLs := fs.String("pub", "", "comma-separated publish URLs (ipcbus_broadcast)")
 	caddyBin := fs.String("caddy", "", "start Caddy processes from this binary instead of -sub/-pub")
 	procs := fs.Int("procs", 2, "Caddy processes to start with -caddy")
+	caFile := fs.String("cacert", "", "PEM root to trust for https -sub URLs (h2; with -caddy, its internal CA's)")
 	fs.Parse(args)
 	if *size < 10 {
 		*size = 10
 	}
 	if *caddyBin != "" {
-		stop, sub, pub, err := startCaddies(*caddyBin, *procs)
+		stop, sub, pub, ca, err := startCaddies(*caddyBin, *procs, *mode == "h2")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "load:", err)
 			return 1
 		}
 		defer stop()
-		*subURLs, *pubURLs = sub, pub
+		*subURLs, *pubURLs, *caFile = sub, pub, ca
 	}
 	if *subURLs == "" || *pubURLs == "" {
 		fmt.Fprintln(os.Stderr, "load: give -sub and -pub URLs, or -caddy BINARY")
@@ -78,6 +79,14 @@ func loadMain(args []string) int {
 	}
 	subList, pubList := strings.Split(*subURLs, ","), strings.Split(*pubURLs, ",")
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *conns + 8, MaxConnsPerHost: 0}}
+	if *mode == "h2" {
+		c, err := h2Client(*caFile, subList)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			return 1
+		}
+		client = c
+	}
 
 	var received atomic.Int64
 	lat := make([][]float64, *subs)
@@ -98,9 +107,12 @@ func loadMain(args []string) int {
 				received.Add(1)
 				lastRecv.Store(now)
 			}
-			if *mode == "sse" {
+			switch *mode {
+			case "sse", "h2":
 				subscribeSSE(client, url, &ready, stop, *msgs, onMsg)
-			} else {
+			case "ws":
+				subscribeWS(url, &ready, stop, *msgs, onMsg)
+			default:
 				subscribeLongPoll(client, url, &ready, stop, *msgs, onMsg)
 			}
 		}(i)
@@ -282,11 +294,13 @@ func subscribeLongPoll(client *http.Client, url string, ready *sync.WaitGroup, s
 }
 
 // startCaddies runs procs Caddy processes on a fresh zone, each with its own
-// admin address and site port, and returns their subscribe and publish URLs.
-func startCaddies(bin string, procs int) (func(), string, string, error) {
+// admin address and site port, and returns their subscribe and publish URLs;
+// with https, the subscribe URLs are those of an HTTPS site of Caddy's
+// internal CA (HTTP/2), whose root it returns too.
+func startCaddies(bin string, procs int, https bool) (func(), string, string, string, error) {
 	dir, err := os.MkdirTemp(defaultDir(), "ipcbus-load-")
 	if err != nil {
-		return nil, "", "", err
+		return nil, "", "", "", err
 	}
 	var cmds []*exec.Cmd
 	stop := func() {
@@ -298,15 +312,29 @@ func startCaddies(bin string, procs int) (func(), string, string, error) {
 	}
 	var sub, pub []string
 	for i := 0; i < procs; i++ {
-		admin, site := freeTCPPort(), freeTCPPort()
+		admin, site, tlsSite := freeTCPPort(), freeTCPPort(), freeTCPPort()
+		global, sites := "", ""
+		if https {
+			global = "local_certs\n\tskip_install_trust\n\tauto_https disable_redirects"
+			sites = fmt.Sprintf(`https://127.0.0.1:%d {
+	tls internal
+	handle /events {
+		ipcbus_poll {
+			max_streams 20000
+		}
+	}
+}`, tlsSite)
+		}
 		cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
+	%s
 	ipcbus {
 		zone load
 		dir %s
 	}
 }
+%s
 http://127.0.0.1:%d {
 	handle /events {
 		ipcbus_poll {
@@ -320,14 +348,14 @@ http://127.0.0.1:%d {
 		}
 	}
 }
-`, admin, dir, site)
+`, admin, global, dir, sites, site)
 		path := filepath.Join(dir, "Caddyfile"+strconv.Itoa(i))
 		os.WriteFile(path, []byte(cfg), 0o600)
 		cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
-		cmd.Env = append(os.Environ(), "HOME="+dir)
+		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir)
 		if err := cmd.Start(); err != nil {
 			stop()
-			return nil, "", "", err
+			return nil, "", "", "", err
 		}
 		cmds = append(cmds, cmd)
 		base := fmt.Sprintf("http://127.0.0.1:%d", site)
@@ -339,10 +367,18 @@ http://127.0.0.1:%d {
 				}
 			}
 		}
-		sub = append(sub, base+"/events?source=load")
+		if https {
+			sub = append(sub, fmt.Sprintf("https://127.0.0.1:%d/events?source=load", tlsSite))
+		} else {
+			sub = append(sub, base+"/events?source=load")
+		}
 		pub = append(pub, base+"/publish")
 	}
-	return stop, strings.Join(sub, ","), strings.Join(pub, ","), nil
+	ca := ""
+	if https {
+		ca = filepath.Join(dir, "caddy", "pki", "authorities", "local", "root.crt")
+	}
+	return stop, strings.Join(sub, ","), strings.Join(pub, ","), ca, nil
 }
 
 func freeTCPPort() int {

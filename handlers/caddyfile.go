@@ -176,7 +176,18 @@ func (h *Broadcast) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		max_bytes     <size>        # payload bytes per answer or stream batch, default 1MiB
 //		envelope                    # stream events as JSON objects (source included)
 //		alerts        [<name>...]   # serve the IPC alerts to this process instead; no name: all
+//		ping_interval <duration>    # WebSocket ping interval, default 15s
+//		publish                     # WebSocket clients may post events on the socket
+//		max_size      <size>        # with publish, the largest message a client sends, default 1MiB
+//		origins       <pattern>...  # other origins whose pages may open a WebSocket
 //	}
+//
+// A request with `Upgrade: websocket` gets the same events over a
+// WebSocket, one message per event (with envelope, the event's JSON
+// object); with publish, text messages {"source","event","data"} are
+// posted as by ipcbus_broadcast and answered {"seq":N} or {"error":…}.
+// Only pages of the route's own host may open a WebSocket unless origins
+// names other hosts (patterns like *.example.com).
 //
 // Without source or event, the request's "source" and "event" query
 // parameters filter. Placeholders are allowed in sources and events. The
@@ -201,7 +212,7 @@ func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.Events = append(h.Events, vals...)
 			}
-		case "timeout", "max_timeout", "keepalive", "write_timeout":
+		case "timeout", "max_timeout", "keepalive", "write_timeout", "ping_interval":
 			v, err := oneArg(d, "ipcbus_poll", opt)
 			if err != nil {
 				return err
@@ -217,6 +228,8 @@ func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxTimeout = caddy.Duration(dur)
 			case "keepalive":
 				h.KeepAlive = caddy.Duration(dur)
+			case "ping_interval":
+				h.PingInterval = caddy.Duration(dur)
 			default:
 				h.WriteTimeout = caddy.Duration(dur)
 			}
@@ -240,17 +253,31 @@ func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("ipcbus_poll limit: %q must be a number from 1 to %d", v, MaxPollLimit)
 			}
 			h.Limit = n
-		case "max_bytes":
+		case "max_bytes", "max_size":
 			n, err := sizeArg(d, "ipcbus_poll", opt)
 			if err != nil {
 				return err
 			}
-			h.MaxBytes = n
-		case "envelope":
-			if d.NextArg() {
-				return d.Errf("ipcbus_poll envelope takes no value")
+			if opt == "max_bytes" {
+				h.MaxBytes = n
+			} else {
+				h.MaxSize = n
 			}
-			h.Envelope = true
+		case "envelope", "publish":
+			if d.NextArg() {
+				return d.Errf("ipcbus_poll %s takes no value", opt)
+			}
+			if opt == "envelope" {
+				h.Envelope = true
+			} else {
+				h.Publish = true
+			}
+		case "origins":
+			vals := d.RemainingArgs()
+			if len(vals) == 0 {
+				return d.Errf("ipcbus_poll origins needs at least one host pattern")
+			}
+			h.Origins = append(h.Origins, vals...)
 		case "alerts":
 			names := d.RemainingArgs()
 			if len(names) == 0 {
@@ -263,7 +290,7 @@ func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Alerts = append(h.Alerts, names...)
 		default:
-			return d.Errf("unknown ipcbus_poll setting %q; the settings are source, event, timeout, max_timeout, keepalive, write_timeout, max_streams, limit, max_bytes, envelope and alerts", opt)
+			return d.Errf("unknown ipcbus_poll setting %q; the settings are source, event, timeout, max_timeout, keepalive, write_timeout, max_streams, limit, max_bytes, envelope, alerts, ping_interval, publish, max_size and origins", opt)
 		}
 	}
 	return nil

@@ -83,6 +83,10 @@ func TestAdaptErrors(t *testing.T) {
 		{"ipcbus_poll {\n\t\tmax_bytes lots\n\t}", `ipcbus_poll max_bytes: "lots" is not a size`},
 		{"ipcbus_poll {\n\t\tenvelope yes\n\t}", "ipcbus_poll envelope takes no value"},
 		{"ipcbus_poll {\n\t\tlimit 10001\n\t}", `ipcbus_poll limit: "10001" must be a number from 1 to 10000`},
+		{"ipcbus_poll {\n\t\tping_interval never\n\t}", `ipcbus_poll ping_interval: "never" is not a positive duration`},
+		{"ipcbus_poll {\n\t\tpublish yes\n\t}", "ipcbus_poll publish takes no value"},
+		{"ipcbus_poll {\n\t\tmax_size big\n\t}", `ipcbus_poll max_size: "big" is not a size`},
+		{"ipcbus_poll {\n\t\torigins\n\t}", "ipcbus_poll origins needs at least one host pattern"},
 		{"ipcbus_poll {\n\t\talerts a*b\n\t}", `ipcbus_poll alerts: alert name pattern "a*b": * is allowed only at the end`},
 	} {
 		in := ":8080 {\n\t" + c.site + "\n}\n"

@@ -29,6 +29,8 @@ func TestPollDefaults(t *testing.T) {
 		{"max_streams", h.MaxStreams, 10000},
 		{"limit", h.Limit, 100},
 		{"max_bytes", h.MaxBytes, int64(1 << 20)},
+		{"ping_interval", h.PingInterval, caddy.Duration(15 * time.Second)},
+		{"max_size", bodyLimit(h.MaxSize, 0), int64(1 << 20)},
 		{"process-wide streams", DefaultProcessMaxStreams, 10000},
 	}
 	for _, tt := range tests {

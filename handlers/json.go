@@ -1,7 +1,7 @@
 // Package handlers holds the HTTP handlers of caddy-ipcbus: ipcbus_send,
-// ipcbus_broadcast and ipcbus_poll (long-poll JSON and Server-Sent Events),
-// with their Caddyfile directives, and the request paths, limits and JSON
-// shapes the admin API shares with them.
+// ipcbus_broadcast and ipcbus_poll (long-poll JSON, Server-Sent Events and
+// WebSocket), with their Caddyfile directives, and the request paths,
+// limits and JSON shapes the admin API shares with them.
 package handlers
 
 import (

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -71,6 +72,10 @@ func (e *event) size() int64 {
 	return int64(len(e.Data))
 }
 
+// errBlobRead marks an error reading a payload's blob file: the
+// payload's fault, not the client's.
+var errBlobRead = errors.New("reading blob")
+
 // chunks hands out the buffers a blob is read into, one per writer at a
 // time.
 var chunks = sync.Pool{New: func() any { b := make([]byte, writeChunk); return &b }}
@@ -99,12 +104,12 @@ func (e *event) pieces(runes bool, fn func([]byte)) error {
 				fn(buf[:n])
 			}
 			if total != e.blobSize {
-				return fmt.Errorf("reading blob %s: it ended after %d of its %d bytes", e.blobName, total, e.blobSize)
+				return fmt.Errorf("%w %s: it ended after %d of its %d bytes", errBlobRead, e.blobName, total, e.blobSize)
 			}
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("reading blob %s: %w", e.blobName, err)
+			return fmt.Errorf("%w %s: %w", errBlobRead, e.blobName, err)
 		}
 		cut := n
 		if runes {
@@ -152,7 +157,7 @@ func (e *event) kind() (int, error) {
 	if e.JSON {
 		ok, err := events.ValidJSON(io.NewSectionReader(e.f, 0, e.blobSize))
 		if err != nil {
-			return 0, fmt.Errorf("reading blob %s: %w", e.blobName, err)
+			return 0, fmt.Errorf("%w %s: %w", errBlobRead, e.blobName, err)
 		}
 		if ok {
 			return kindJSON, nil

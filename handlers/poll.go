@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -58,6 +59,23 @@ const (
 // (`{"from":SEQ,"count":N,"reason":"overrun"}`); publishers cannot post
 // that name. A client that takes no write for write_timeout is dropped.
 //
+// With `Upgrade: websocket` (a GET of HTTP/1.1) it is a WebSocket
+// carrying the same events, one message per event: the payload as posted
+// in a text message, or in a binary message when it is neither JSON nor
+// UTF-8 text; with envelope, the event's JSON object (as in the
+// long-poll: seq, source, event, data, pid, generation, time, node…) in a
+// text message, binary payloads in base64. Events the ring no longer
+// holds are announced by the text message
+// {"event":"ipcbus.lost","data":{"from":SEQ,"count":N,"reason":"overrun"}}.
+// It starts at `since` (or after a Last-Event-ID header, for clients
+// that can send one), else now; the client is pinged every
+// ping_interval, and dropped when it does not answer or take a message
+// within write_timeout. With publish, the client may post events on the
+// socket (see Publish). A stop or a reload ends it with close status 1001
+// (going away), and cuts a connection that has not closed a second later.
+// Only pages of the route's own host may open one, unless origins says
+// otherwise.
+//
 // Otherwise it is a long-poll answered in JSON,
 // `{"events":[{"seq","source","event","data","pid","generation","time"}],"next":SEQ,"lost":N}`,
 // at once when there are events after `since`, else when one arrives or
@@ -79,9 +97,9 @@ const (
 // process that serves it, so that a client (the live page) can show which
 // process of the node it is connected to.
 //
-// Both end cleanly on Caddy's "stopping" event, so a reload or a stop
-// never waits on them, and both count against max_streams and the
-// process-wide cap (503 beyond).
+// All three end cleanly on Caddy's "stopping" event, so a reload or a
+// stop never waits on them, and all count against max_streams and the
+// process-wide cap (503 beyond, before a WebSocket is upgraded).
 type Poll struct {
 	// Sources keeps only events of these sources; a trailing * matches a
 	// prefix. Placeholders allowed. Default: the "source" query parameters
@@ -137,8 +155,26 @@ type Poll struct {
 	// handle it in Go (its handler still runs), but an alert a configured
 	// handler streams counts as received, not unhandled.
 	Alerts []string `json:"alerts,omitempty"`
+	// PingInterval is how often a WebSocket is pinged; a client that
+	// does not answer within write_timeout is dropped. Default: 15s.
+	PingInterval caddy.Duration `json:"ping_interval,omitempty"`
+	// Publish lets WebSocket clients post events on the socket, as
+	// ipcbus_broadcast does: a text message
+	// {"source","event","data","data_encoding"?,"unique"?,"id"?} is
+	// answered {"seq":N} or {"error":"…","status":CODE}, with the id of
+	// the message if it had one. Not with alerts.
+	Publish bool `json:"publish,omitempty"`
+	// MaxSize is, with publish, the largest message a WebSocket client
+	// may send (its JSON whole); a larger one ends the socket with close
+	// status 1009. Default: 1MiB; at most the app's max_payload.
+	MaxSize int64 `json:"max_size,omitempty"`
+	// Origins are the host patterns (path.Match, like
+	// "*.example.com") of the other origins whose pages may open a
+	// WebSocket; by default only pages of the route's own host may.
+	Origins []string `json:"origins,omitempty"`
 
 	base
+	limit   int64 // max_size, capped by the app's max_payload
 	open    atomic.Int64
 	logger  *zap.Logger
 	uncount func()
@@ -158,7 +194,11 @@ func (h *Poll) Provision(ctx caddy.Context) error {
 	if len(h.Alerts) > 0 {
 		h.unwatch = watchAlerts(h.Alerts)
 	}
-	return h.provision(ctx)
+	if err := h.provision(ctx); err != nil {
+		return err
+	}
+	h.limit = bodyLimit(h.MaxSize, h.app.MaxPayloadBytes())
+	return nil
 }
 
 func (h *Poll) setDefaults() {
@@ -183,13 +223,20 @@ func (h *Poll) setDefaults() {
 	if h.WriteTimeout == 0 {
 		h.WriteTimeout = caddy.Duration(DefaultWriteTimeout)
 	}
+	if h.PingInterval == 0 {
+		h.PingInterval = caddy.Duration(DefaultPingInterval)
+	}
 }
 
 // Validate checks the configuration.
 func (h *Poll) Validate() error {
 	switch {
-	case h.Timeout < 0 || h.MaxTimeout < 0 || h.KeepAlive < 0 || h.WriteTimeout < 0:
-		return fmt.Errorf("ipcbus_poll: timeout, max_timeout, keepalive and write_timeout must be positive")
+	case h.Timeout < 0 || h.MaxTimeout < 0 || h.KeepAlive < 0 || h.WriteTimeout < 0 || h.PingInterval < 0:
+		return fmt.Errorf("ipcbus_poll: timeout, max_timeout, keepalive, write_timeout and ping_interval must be positive")
+	case h.Publish && len(h.Alerts) > 0:
+		return fmt.Errorf("ipcbus_poll: publish posts events, and alerts serves IPC alerts: serve them on two routes")
+	case h.MaxSize != 0 && !h.Publish:
+		return fmt.Errorf("ipcbus_poll: max_size bounds what WebSocket clients publish: it needs publish")
 	case h.Timeout > h.MaxTimeout:
 		return fmt.Errorf("ipcbus_poll: timeout %v is longer than max_timeout %v", time.Duration(h.Timeout), time.Duration(h.MaxTimeout))
 	case h.MaxStreams < 0:
@@ -201,12 +248,17 @@ func (h *Poll) Validate() error {
 	case len(h.Alerts) > 0 && (len(h.Sources) > 0 || len(h.Events) > 0 || h.Envelope):
 		return fmt.Errorf("ipcbus_poll: alerts serves IPC alerts, which have a name but no source or event (and always come as JSON objects): leave sources, events and envelope out, or serve events on another route")
 	}
+	for _, o := range h.Origins {
+		if _, err := path.Match(o, ""); err != nil {
+			return fmt.Errorf("ipcbus_poll origins: %q is not a host pattern: %w", o, err)
+		}
+	}
 	for _, p := range h.Alerts {
 		if err := checkAlertPattern(p); err != nil {
 			return fmt.Errorf("ipcbus_poll alerts: %w", err)
 		}
 	}
-	return nil
+	return checkMaxSize("ipcbus_poll", h.MaxSize, h.app)
 }
 
 // Cleanup ends the handler's streams.
@@ -287,7 +339,8 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		writeError(w, r, err)
 		return nil
 	}
-	stream := strings.Contains(r.Header.Get("Accept"), "text/event-stream")
+	ws := isWebSocket(r)
+	stream := ws || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 	timeout, limit := time.Duration(h.Timeout), h.Limit
 	if !stream {
 		if v := q.Get("timeout"); v != "" {
@@ -317,6 +370,10 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		return nil
 	}
 	defer release(&h.open)
+	if ws && r.Method == http.MethodGet {
+		h.websocket(w, r, p, h.Envelope || len(h.Alerts) > 0, since)
+		return nil
+	}
 	if stream {
 		h.stream(w, r, p, h.Envelope || len(h.Alerts) > 0, since)
 		return nil
@@ -544,59 +601,49 @@ func (h *Poll) stream(w http.ResponseWriter, r *http.Request, p feed, envelope b
 	bw := bufio.NewWriterSize(dw, 4<<10) // held as long as the stream: small; large payloads go past it
 	keep := time.NewTicker(time.Duration(h.KeepAlive))
 	defer keep.Stop()
-	for {
-		select { // checked on every round, not only when waiting
-		case <-r.Context().Done():
-			return
-		case <-h.stopping.Done():
-			return
-		default:
-		}
-		changed := p.changed()
-		start := since
-		n, size := 0, int64(0)
-		for n < sseBatch && size < h.MaxBytes {
-			ev, next, lost := p.read(since)
-			if lost > 0 {
-				writeLost(bw, since, lost)
-			}
-			since = next
-			if ev == nil {
-				break
-			}
-			err := writeSSE(bw, ev, envelope)
-			ev.close()
-			if err != nil {
-				h.logger.Warn("ending a stream: an event's payload could not be read", zap.Uint64("seq", ev.Seq), zap.Error(err))
-				return
-			}
-			n++
-			size += ev.size()
-		}
-		if bw.Buffered() > 0 || n > 0 {
-			if bw.Flush() != nil || dw.Flush() != nil {
-				return
-			}
-		}
-		if since != start {
-			continue // more may be there: read on before waiting
-		}
-		select {
-		case <-changed:
-		case <-keep.C:
-			bw.WriteString(": keep-alive\n\n")
-			if bw.Flush() != nil || dw.Flush() != nil {
-				return
-			}
-		case <-r.Context().Done():
-			return
-		case <-h.stopping.Done():
-			return
-		}
-		if p.closed() {
-			return
-		}
+	h.follow(r.Context(), p, since, &sseSink{h: h, bw: bw, dw: dw, envelope: envelope}, keep.C)
+}
+
+// sseSink writes a stream as Server-Sent Events.
+type sseSink struct {
+	h        *Poll
+	bw       *bufio.Writer
+	dw       *deadlineWriter
+	envelope bool
+	pending  bool // events written since the last flush
+}
+
+func (s *sseSink) event(ev *event) error {
+	if err := writeSSE(s.bw, ev, s.envelope); err != nil {
+		s.h.logger.Warn("ending a stream: an event's payload could not be read", zap.Uint64("seq", ev.Seq), zap.Error(err))
+		return err
 	}
+	s.pending = true
+	return nil
+}
+
+func (s *sseSink) lost(from, count uint64) error {
+	writeLost(s.bw, from, count)
+	return nil
+}
+
+func (s *sseSink) flush() error {
+	if s.bw.Buffered() == 0 && !s.pending {
+		return nil
+	}
+	s.pending = false
+	if err := s.bw.Flush(); err != nil {
+		return err
+	}
+	return s.dw.Flush()
+}
+
+func (s *sseSink) idle() error {
+	s.bw.WriteString(": keep-alive\n\n")
+	if err := s.bw.Flush(); err != nil {
+		return err
+	}
+	return s.dw.Flush()
 }
 
 // feed is what the request reads: the alerts to this process (with

@@ -105,6 +105,7 @@ func use(t *testing.T, app *testApp, h any) {
 		h.base = b
 		h.logger = zap.NewNop()
 		h.setDefaults()
+		h.limit = bodyLimit(h.MaxSize, app.maxPayload)
 	default:
 		t.Fatalf("%T", h)
 	}

@@ -50,16 +50,31 @@ func pollServer(t *testing.T, h *Poll) (*httptest.Server, chan struct{}) {
 // stream request, and never reads.
 func dialSlow(t *testing.T, srv *httptest.Server, path string, rcvbuf int) net.Conn {
 	t.Helper()
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf) })
-	}}
-	c, err := d.Dial("tcp", srv.Listener.Addr().String())
+	c, err := rcvbufDialer(rcvbuf).Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n", path)
 	return c
+}
+
+// rcvbufDialer dials sockets whose receive buffer is n bytes.
+func rcvbufDialer(n int) *net.Dialer {
+	return &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, n) })
+	}}
+}
+
+// postBig posts 16 events of 200KiB as p/e, more than a client with small
+// buffers takes at once, and returns the seq of the first.
+func postBig(t *testing.T, app *testApp) uint64 {
+	t.Helper()
+	first := post(t, app, "p", "e", strings.Repeat("x", 200<<10))
+	for range 15 {
+		post(t, app, "p", "e", strings.Repeat("x", 200<<10))
+	}
+	return first
 }
 
 func waitDone(t *testing.T, done chan struct{}, within time.Duration, what string) {
@@ -78,10 +93,7 @@ func TestSSESlowClientDropped(t *testing.T) {
 	h := &Poll{WriteTimeout: caddy.Duration(300 * time.Millisecond)}
 	use(t, app, h)
 	srv, done := pollServer(t, h)
-	first := post(t, app, "p", "e", strings.Repeat("x", 200<<10))
-	for i := 0; i < 15; i++ {
-		post(t, app, "p", "e", strings.Repeat("x", 200<<10))
-	}
+	first := postBig(t, app)
 	before := ReadStats().SlowClientsDropped
 	dialSlow(t, srv, fmt.Sprintf("/e?since=%d", first), 4096)
 	waitDone(t, done, 20*time.Second, "a client that does not read")
@@ -97,10 +109,7 @@ func TestSSEStopAbortsBlockedWrite(t *testing.T) {
 	h := &Poll{WriteTimeout: caddy.Duration(time.Minute)}
 	use(t, app, h)
 	srv, done := pollServer(t, h)
-	first := post(t, app, "p", "e", strings.Repeat("x", 200<<10))
-	for i := 0; i < 15; i++ {
-		post(t, app, "p", "e", strings.Repeat("x", 200<<10))
-	}
+	first := postBig(t, app)
 	before := ReadStats().SlowClientsDropped
 	dialSlow(t, srv, fmt.Sprintf("/e?since=%d", first), 4096)
 	time.Sleep(500 * time.Millisecond) // the writes block
@@ -144,6 +153,17 @@ func TestSSESlowReaderKept(t *testing.T) {
 		t.Fatal("the stream ended")
 	default:
 	}
+}
+
+// postPastRing posts 20,000 events "0", "1"… as p/e, more than the 4MiB
+// ring holds (8,192), and returns the seq of the first.
+func postPastRing(t *testing.T, app *testApp) uint64 {
+	t.Helper()
+	first := post(t, app, "p", "e", "0")
+	for i := 1; i < 20000; i++ {
+		post(t, app, "p", "e", strconv.Itoa(i))
+	}
+	return first
 }
 
 type sseEvent struct{ id, event, data string }
@@ -197,10 +217,7 @@ func TestSSELostNotice(t *testing.T) {
 	h := &Poll{}
 	use(t, app, h)
 	srv, _ := pollServer(t, h)
-	first := post(t, app, "p", "e", "0")
-	for i := uint64(1); i < 20000; i++ { // the 4MiB ring holds 8,192
-		post(t, app, "p", "e", strconv.FormatUint(i, 10))
-	}
+	first := postPastRing(t, app)
 	evs := readSSE(t, srv.URL+fmt.Sprintf("/e?since=%d", first), 2)
 	var l struct {
 		From, Count uint64

@@ -42,12 +42,20 @@ func TestValidate(t *testing.T) {
 		{"broadcast max_size", &Broadcast{MaxSize: 2 << 20}, "is over the ipcbus max_payload"},
 		{"poll write_timeout", &Poll{WriteTimeout: -1}, "must be positive"},
 		{"poll max_bytes", &Poll{MaxBytes: -1}, "max_bytes must be positive"},
+		{"poll ping_interval", &Poll{PingInterval: -1}, "ping_interval must be positive"},
+		{"poll publish with alerts", &Poll{Publish: true, Alerts: []string{"*"}}, "publish posts events"},
+		{"poll max_size without publish", &Poll{MaxSize: 1024}, "it needs publish"},
+		{"poll max_size", &Poll{Publish: true, MaxSize: 2 << 20}, "is over the ipcbus max_payload"},
+		{"poll max_size at max_payload", &Poll{Publish: true, MaxSize: 1 << 20}, ""},
+		{"poll bad origin", &Poll{Origins: []string{"[a"}}, "is not a host pattern"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			switch h := c.h.(type) {
 			case *Send:
 				h.app = app
 			case *Broadcast:
+				h.app = app
+			case *Poll:
 				h.app = app
 			}
 			err := c.h.Validate()

@@ -80,7 +80,30 @@ func TestLivePageInChromium(t *testing.T) {
 	}
 	resp.Body.Close()
 	page := fmt.Sprintf("http://127.0.0.1:%d/?publish=http://127.0.0.1:%d", b, a)
+	eval := openChromium(t, chrome, dir, page)
 
+	// Wait for the EventSource to connect, then submit the form.
+	waitJS(t, eval, `document.body.dataset.connected === "1"`)
+	eval(`document.getElementById("msg").value = "hello from chromium"; document.getElementById("send").requestSubmit(); true`)
+	waitJS(t, eval, `[...document.querySelectorAll("#log li")].some(li => li.textContent.includes("hello from chromium"))`)
+	got := fmt.Sprint(eval(`document.querySelector("#log li").textContent`))
+	if !strings.Contains(got, "hello from chromium") || !strings.Contains(got, " chat ") || !strings.Contains(got, fmt.Sprintf("pid %d", aPID)) ||
+		!regexp.MustCompile(`\d{1,2}:\d{2}:\d{2}`).MatchString(got) {
+		t.Fatalf("the newest entry shows %q: want the message, source chat, a time and pid %d", got, aPID)
+	}
+	if who := fmt.Sprint(eval(`document.getElementById("who").textContent`)); !strings.Contains(who, fmt.Sprintf("connected to Caddy process %d", bPID)) {
+		t.Fatalf("the page says %q, want process %d", who, bPID)
+	}
+	if old := fmt.Sprint(eval(`[...document.querySelectorAll("#log li.backlog")].map(li => li.textContent).join("|")`)); !strings.Contains(old, "from before") {
+		t.Fatalf("backlog %q", old)
+	}
+	t.Logf("page on process B (pid %d) shows %q, broadcast through process A (pid %d)", bPID, got, aPID)
+}
+
+// openChromium opens page in headless Chromium (its profile in dir) and
+// returns a function that evaluates JavaScript in it.
+func openChromium(t *testing.T, chrome, dir, page string) func(string) any {
+	t.Helper()
 	cmd := exec.Command(chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--user-data-dir="+filepath.Join(dir, "chrome"), "--remote-debugging-port=0", "--remote-allow-origins=*", page)
@@ -106,25 +129,8 @@ func TestLivePageInChromium(t *testing.T) {
 		t.Fatal("chromium did not open its DevTools port")
 	}
 	ws := pageSocket(t, port)
-	defer ws.Close()
-	eval := cdp(t, ws)
-
-	// Wait for the EventSource to connect, then submit the form.
-	waitJS(t, eval, `document.body.dataset.connected === "1"`)
-	eval(`document.getElementById("msg").value = "hello from chromium"; document.getElementById("send").requestSubmit(); true`)
-	waitJS(t, eval, `[...document.querySelectorAll("#log li")].some(li => li.textContent.includes("hello from chromium"))`)
-	got := fmt.Sprint(eval(`document.querySelector("#log li").textContent`))
-	if !strings.Contains(got, "hello from chromium") || !strings.Contains(got, " chat ") || !strings.Contains(got, fmt.Sprintf("pid %d", aPID)) ||
-		!regexp.MustCompile(`\d{1,2}:\d{2}:\d{2}`).MatchString(got) {
-		t.Fatalf("the newest entry shows %q: want the message, source chat, a time and pid %d", got, aPID)
-	}
-	if who := fmt.Sprint(eval(`document.getElementById("who").textContent`)); !strings.Contains(who, fmt.Sprintf("connected to Caddy process %d", bPID)) {
-		t.Fatalf("the page says %q, want process %d", who, bPID)
-	}
-	if old := fmt.Sprint(eval(`[...document.querySelectorAll("#log li.backlog")].map(li => li.textContent).join("|")`)); !strings.Contains(old, "from before") {
-		t.Fatalf("backlog %q", old)
-	}
-	t.Logf("page on process B (pid %d) shows %q, broadcast through process A (pid %d)", bPID, got, aPID)
+	t.Cleanup(func() { ws.Close() })
+	return cdp(t, ws)
 }
 
 // pageSocket connects to the DevTools socket of the first page target.

@@ -62,6 +62,7 @@ type node struct {
 	extra    string // more global options
 	settings string // more ipcbus settings
 	routes   string // more routes of the site
+	sites    string // more site blocks
 	size     string // zone size, default 8MiB
 }
 
@@ -142,7 +143,8 @@ http://127.0.0.1:%d, http://127.0.0.1:%d {
 	}
 	respond "site"
 }
-`, admin, n.zone, n.dir, size, n.settings, n.extra, n.sitePort, ownPort, n.routes)
+%s
+`, admin, n.zone, n.dir, size, n.settings, n.extra, n.sitePort, ownPort, n.routes, n.sites)
 }
 
 // start runs a Caddy process with its own admin address and waits until

@@ -40,19 +40,26 @@ type sseEvent struct{ id, event, data string }
 
 // sse opens a stream and returns a channel of its events; closing ctx ends it.
 func sse(t *testing.T, ctx context.Context, url, lastID string) (<-chan sseEvent, error) {
+	ch, _, err := sseWith(ctx, http.DefaultClient, url, lastID)
+	return ch, err
+}
+
+// sseWith is sse through a client of the caller's (HTTP/2, HTTP/3), with
+// the response, whose body the channel's reader closes.
+func sseWith(ctx context.Context, client *http.Client, url, lastID string) (<-chan sseEvent, *http.Response, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	req.Header.Set("Accept", "text/event-stream")
 	if lastID != "" {
 		req.Header.Set("Last-Event-ID", lastID)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s: %s", resp.Status, b)
+		return nil, nil, fmt.Errorf("%s: %s", resp.Status, b)
 	}
 	ch := make(chan sseEvent, 1024)
 	go func() {
@@ -79,7 +86,7 @@ func sse(t *testing.T, ctx context.Context, url, lastID string) (<-chan sseEvent
 			}
 		}
 	}()
-	return ch, nil
+	return ch, resp, nil
 }
 
 func next(t *testing.T, ch <-chan sseEvent) sseEvent {
@@ -320,19 +327,7 @@ func TestStreamsEndOnReloadAndStop(t *testing.T) {
 	const bound = 2 * time.Second
 	ended := func(what string, start time.Time, chans []<-chan sseEvent, polls chan int) {
 		deadline := time.After(30 * time.Second)
-		for _, ch := range chans {
-		drain:
-			for {
-				select {
-				case _, ok := <-ch:
-					if !ok {
-						break drain
-					}
-				case <-deadline:
-					t.Fatalf("a stream still open 30s after the %s", what)
-				}
-			}
-		}
+		drainAll(t, chans, deadline, what)
 		for i := 0; i < 5; i++ {
 			select {
 			case code := <-polls:
@@ -362,6 +357,25 @@ func TestStreamsEndOnReloadAndStop(t *testing.T) {
 	a.signal(syscall.SIGTERM)
 	ended("stop", start, chans, polls)
 	a.waitExit()
+}
+
+// drainAll reads every stream until it ends, failing the test at deadline
+// (what says after what they should have ended).
+func drainAll(t *testing.T, chans []<-chan sseEvent, deadline <-chan time.Time, what string) {
+	t.Helper()
+	for _, ch := range chans {
+		for {
+			select {
+			case _, ok := <-ch:
+				if ok {
+					continue
+				}
+			case <-deadline:
+				t.Fatalf("a stream still open 30s after the %s", what)
+			}
+			break
+		}
+	}
 }
 
 // TestHTTPErrors: every error status of the handlers, as JSON.
