@@ -41,8 +41,8 @@ func (f *Fleet) outbound(ctx context.Context) error {
 	// Publishes are pipelined on one connection, which the server stores in
 	// order. After a reconnect nothing more is published on the new one
 	// while older publishes may still be unsettled: the part starts again
-	// (after keep's backoff) from the first unacknowledged event, and
-	// JetStream drops the repeats by message id.
+	// (after keep's backoff) from the first unacknowledged event, and the
+	// receivers' chain check drops what arrives twice.
 	conn := f.nc.Stats().Reconnects
 	// Each message names the event published before it; this run's copies
 	// get ids of their own (see the wire format).
