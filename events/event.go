@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -205,4 +206,13 @@ func decode(b []byte) (encoded, error) {
 	}
 	e.payload = b[p:]
 	return e, nil
+}
+
+// Matches reports whether a source or event name matches a pattern: the
+// name itself, or a prefix ending in '*' ("chat.*", "*" for every name).
+func Matches(pattern, name string) bool {
+	if prefix, ok := strings.CutSuffix(pattern, "*"); ok {
+		return strings.HasPrefix(name, prefix)
+	}
+	return pattern == name
 }

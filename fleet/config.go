@@ -216,7 +216,7 @@ func (c *Config) Crosses(source string) bool {
 		return c.Exclude == nil || !c.Exclude(source)
 	}
 	for _, p := range c.Sources {
-		if p == source || (strings.HasSuffix(p, "*") && strings.HasPrefix(source, p[:len(p)-1])) {
+		if events.Matches(p, source) {
 			return true
 		}
 	}

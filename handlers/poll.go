@@ -288,7 +288,7 @@ func match(patterns []string, s string) bool {
 		return true
 	}
 	for _, p := range patterns {
-		if p == s || (strings.HasSuffix(p, "*") && strings.HasPrefix(s, p[:len(p)-1])) {
+		if events.Matches(p, s) {
 			return true
 		}
 	}
