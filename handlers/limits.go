@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // DefaultProcessMaxStreams is the default of the process-wide cap on open
@@ -136,9 +138,14 @@ func release(mine *atomic.Int64) {
 // that keeps reading is not dropped for a large event.
 const writeChunk = 64 << 10
 
-// deadlineWriter writes a response with a fresh write deadline before each
-// write and flush: a client that takes nothing for write_timeout makes the
-// write fail (and the handler drop it) rather than hold its goroutine. It
+// deadlineWriter writes a response under a write deadline that leaves each
+// write and flush at least write_timeout: a client that takes nothing for
+// that long makes the write fail (and the handler drop it) rather than
+// hold its goroutine. Setting a deadline costs (a timer moved in the
+// runtime), so it is moved only when less than write_timeout is left:
+// set to write_timeout and an eighth ahead, it is moved at most once in
+// an eighth of write_timeout, and a write may take up to that eighth
+// longer than write_timeout before it fails. It
 // also overrides the server's own write timeout, which counts from the
 // start of the request and would cut a stream. With a stopping context, a
 // blocked write is aborted as soon as it is done, and so is every later one.
@@ -148,6 +155,7 @@ type deadlineWriter struct {
 	timeout  time.Duration
 	stopping context.Context // nil: no abort
 	err      error
+	deadline time.Time // the one set last (zero: none yet)
 }
 
 // newDeadlineWriter returns the writer and the function to call when the
@@ -155,11 +163,25 @@ type deadlineWriter struct {
 func newDeadlineWriter(w http.ResponseWriter, timeout time.Duration, stopping context.Context) (*deadlineWriter, func()) {
 	d := &deadlineWriter{w: w, rc: http.NewResponseController(w), timeout: timeout, stopping: stopping}
 	stop := func() bool { return false }
+	// The abort may run when the handler is done with w (stop came too
+	// late to prevent it): it must not touch w then (an HTTP/2 writer
+	// is gone once the handler returns), so done waits for it.
+	var mu sync.Mutex
+	finished := false
 	if stopping != nil {
-		stop = context.AfterFunc(stopping, func() { _ = d.rc.SetWriteDeadline(time.Now()) })
+		stop = context.AfterFunc(stopping, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !finished {
+				_ = d.rc.SetWriteDeadline(time.Now())
+			}
+		})
 	}
 	return d, func() {
 		stop()
+		mu.Lock()
+		finished = true
+		mu.Unlock()
 		// What the server writes after the handler (the end of a chunked
 		// body) is bounded too; the server clears the deadline after the
 		// request, before the connection serves another.
@@ -170,7 +192,12 @@ func newDeadlineWriter(w http.ResponseWriter, timeout time.Duration, stopping co
 }
 
 func (d *deadlineWriter) arm() {
-	_ = d.rc.SetWriteDeadline(time.Now().Add(d.timeout))
+	now := time.Now()
+	if !d.deadline.IsZero() && d.deadline.Sub(now) >= d.timeout {
+		return // the one set is far enough
+	}
+	d.deadline = now.Add(d.timeout + d.timeout/8)
+	_ = d.rc.SetWriteDeadline(d.deadline)
 	if d.stopping != nil && d.stopping.Err() != nil { // the abort may have come before the line above
 		_ = d.rc.SetWriteDeadline(time.Now())
 	}
@@ -221,4 +248,21 @@ func (d *deadlineWriter) dropped() bool {
 		return true
 	}
 	return false
+}
+
+// pastIdleWriter is where a stream of HTTP/1 writes: past Caddy's idle
+// write timeout when it is the outermost wrapper of w, since the stream
+// bounds its writes itself (deadlineWriter), and that wrapper would set
+// a deadline of its own on every write and flush, twice an event. On
+// HTTP/1 a deadline left between writes is harmless; HTTP/2 needs the
+// wrapper (it clears the deadline between writes), and another wrapper
+// above it (a log, an encoder) must see the bytes: w is kept for both.
+func pastIdleWriter(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
+	if r.ProtoMajor != 1 {
+		return w
+	}
+	if iw, ok := w.(*caddyhttp.IdleTimeoutWriter); ok && iw.ResponseWriterWrapper != nil && iw.ResponseWriterWrapper.ResponseWriter != nil {
+		return iw.ResponseWriterWrapper.ResponseWriter
+	}
+	return w
 }

@@ -24,8 +24,9 @@ type event struct {
 	f        *os.File // the blob's, when the payload is in a blob file
 	blobName string   // the blob file's name, "" without one
 	blobSize int64
-	alert    bool // an IPC alert, not a bus event
-	toAll    bool // an alert to every process
+	alert    bool        // an IPC alert, not a bus event
+	toAll    bool        // an alert to every process
+	cached   *cacheEntry // the handler's read of it, shared by its streams (never to change)
 }
 
 // openEvent opens the blob of e, if it has one. A blob removed since it

@@ -174,6 +174,7 @@ type Poll struct {
 	Origins []string `json:"origins,omitempty"`
 
 	base
+	cache   readCache
 	limit   int64 // max_size, capped by the app's max_payload
 	open    atomic.Int64
 	logger  *zap.Logger
@@ -442,6 +443,10 @@ type feed interface {
 type reader struct {
 	bus  *events.Bus
 	keep func(source, name string) bool
+	// cache, when set, is the handler's: events read once for all its
+	// streams, and their frames encoded once (with envelope or not).
+	cache    *readCache
+	envelope bool
 }
 
 func (p reader) changed() <-chan struct{} { return p.bus.Changed() }
@@ -451,6 +456,14 @@ func (p reader) closed() bool             { return p.bus.Closed() }
 // closes it), the sequence to read next, and how many events were lost
 // (a blob removed before it could be opened among them).
 func (p reader) read(since uint64) (*event, uint64, uint64) {
+	if p.cache != nil {
+		return p.cache.read(p, since)
+	}
+	return p.readDirect(since)
+}
+
+// readDirect is read from the ring itself.
+func (p reader) readDirect(since uint64) (*event, uint64, uint64) {
 	return readOne(since, func(from uint64) ([]events.Event, uint64, uint64) { return p.bus.RangeRefs(from, 1, p.keep) }, openEvent)
 }
 
@@ -587,7 +600,7 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key stri
 
 func (h *Poll) stream(w http.ResponseWriter, r *http.Request, p feed, envelope bool, since uint64) {
 	h.headers(w, true)
-	dw, done := newDeadlineWriter(w, time.Duration(h.WriteTimeout), h.stopping)
+	dw, done := newDeadlineWriter(pastIdleWriter(w, r), time.Duration(h.WriteTimeout), h.stopping)
 	defer done()
 	defer func() {
 		if dw.dropped() {
@@ -614,6 +627,13 @@ type sseSink struct {
 }
 
 func (s *sseSink) event(ev *event) error {
+	if ev.cached != nil && ev.cached.frameEnvelope == s.envelope {
+		if f := ev.cached.sseFrame(); f != nil {
+			s.bw.Write(f)
+			s.pending = true
+			return nil
+		}
+	}
 	if err := writeSSE(s.bw, ev, s.envelope); err != nil {
 		s.h.logger.Warn("ending a stream: an event's payload could not be read", zap.Uint64("seq", ev.Seq), zap.Error(err))
 		return err
@@ -661,7 +681,7 @@ func (h *Poll) feed(r *http.Request) (feed, string, func() uint64) {
 	if bus == nil {
 		return nil, "", nil
 	}
-	return reader{bus: bus, keep: h.filter(r).match}, "events", bus.Tail
+	return reader{bus: bus, keep: h.filter(r).match, cache: &h.cache, envelope: h.Envelope}, "events", bus.Tail
 }
 
 // writeLost writes the notice of events the ring no longer holds.
