@@ -506,7 +506,19 @@ func (b *Bus) write(e encoded) (uint64, error) {
 		if err != nil && e.flags&flagBlob != 0 {
 			b.z.RemoveBlob(string(e.payload))
 		}
+		if err == nil {
+			b.wakeReaders()
+		}
 		return seq, err
+	}
+}
+
+// wakeReaders wakes this process's waiters on Changed (HTTP streams and
+// long-polls) after a post: they read the ring themselves, so they need
+// not wait for the delivery goroutine to see the event first.
+func (b *Bus) wakeReaders() {
+	if b.changes.Watched() {
+		b.changes.Notify()
 	}
 }
 

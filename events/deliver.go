@@ -2,6 +2,7 @@ package events
 
 import (
 	"encoding/json"
+	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -35,6 +36,10 @@ func (b *Bus) loop() {
 			}
 			if b.changes.Watched() {
 				b.changes.Notify()
+				// Let the woken readers run on this P now: the next Read
+				// spins before it sleeps, and would hold them up until
+				// another thread woke to steal them.
+				runtime.Gosched()
 			}
 		}
 		if st == zone.Empty {
