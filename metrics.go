@@ -73,6 +73,7 @@ var metricDescs = []metricDesc{
 	gauge("blob_bytes", "Bytes the zone's blob files hold, node-wide.", func(s *snapshotForMetrics) float64 { return float64(s.blobBytes) }),
 	gauge("blob_quota_bytes", "The blob quota this process checks (blob_quota).", func(s *snapshotForMetrics) float64 { return float64(s.blobQuota) }),
 	gauge("http_open_streams", "Long-polls and streams of ipcbus_poll open in this process.", func(s *snapshotForMetrics) float64 { return float64(s.report.HTTP.OpenStreams) }),
+	gauge("http_shared_streams", "Streams of ipcbus_poll written by the shared stream writers now.", func(s *snapshotForMetrics) float64 { return float64(s.report.HTTP.SharedStreams) }),
 	counter("http_streams_refused_total", "Polls and streams answered 503 for max_streams or the process-wide cap.", func(s *snapshotForMetrics) float64 {
 		return float64(s.report.HTTP.StreamsRefused)
 	}),

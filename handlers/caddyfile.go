@@ -180,6 +180,7 @@ func (h *Broadcast) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		publish                     # WebSocket clients may post events on the socket
 //		max_size      <size>        # with publish, the largest message a client sends, default 1MiB
 //		origins       <pattern>...  # other origins whose pages may open a WebSocket
+//		stream_writers <n>|off      # goroutines writing HTTP/1.1 streams, default one per core (at most 4)
 //	}
 //
 // A request with `Upgrade: websocket` gets the same events over a
@@ -289,8 +290,22 @@ func (h *Poll) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			h.Alerts = append(h.Alerts, names...)
+		case "stream_writers":
+			v, err := oneArg(d, "ipcbus_poll", opt)
+			if err != nil {
+				return err
+			}
+			if v == "off" {
+				h.StreamWriters = -1
+				continue
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > MaxStreamWriters {
+				return d.Errf("ipcbus_poll stream_writers: %q must be off or a number from 1 to %d", v, MaxStreamWriters)
+			}
+			h.StreamWriters = n
 		default:
-			return d.Errf("unknown ipcbus_poll setting %q; the settings are source, event, timeout, max_timeout, keepalive, write_timeout, max_streams, limit, max_bytes, envelope, alerts, ping_interval, publish, max_size and origins", opt)
+			return d.Errf("unknown ipcbus_poll setting %q; the settings are source, event, timeout, max_timeout, keepalive, write_timeout, max_streams, limit, max_bytes, envelope, alerts, ping_interval, publish, max_size, origins and stream_writers", opt)
 		}
 	}
 	return nil

@@ -28,13 +28,18 @@ const (
 	endClient  endReason = iota // the client went away, or a write failed
 	endStopped                  // Caddy is stopping (a reload or a stop)
 	endClosed                   // the bus stopped: nothing more will come
+	endIdle                     // caught up: nothing more to read now (untilIdle)
 )
 
 // follow writes what p holds from since on to s, then what arrives, until
 // ctx ends (the client), the handler stops, the feed closes, or a write
 // fails. Between two checks for the end it writes at most sseBatch events
 // and about max_bytes of payload. keep ticks the keep-alive (nil: none).
-func (h *Poll) follow(ctx context.Context, p feed, since uint64, s sink, keep <-chan time.Time) endReason {
+// With untilIdle it returns endIdle, instead of waiting, once it has
+// written all there is; *at is then where to read next.
+func (h *Poll) follow(ctx context.Context, p feed, at *uint64, s sink, keep <-chan time.Time, untilIdle bool) endReason {
+	since := *at
+	defer func() { *at = since }()
 	for {
 		select { // checked on every round, not only when waiting
 		case <-ctx.Done():
@@ -73,6 +78,9 @@ func (h *Poll) follow(ctx context.Context, p feed, since uint64, s sink, keep <-
 		}
 		if since != start {
 			continue // more may be there: read on before waiting
+		}
+		if untilIdle {
+			return endIdle
 		}
 		select {
 		case <-changed:

@@ -85,6 +85,7 @@ func countHandler(maxStreams int64) (release func()) {
 // stats are this process's counters of the HTTP handlers.
 var stats struct {
 	open, refused, slowDropped, bodiesTooLarge atomic.Int64
+	shared                                     atomic.Int64 // streams in a hub now
 }
 
 // Stats are this process's counters of the HTTP handlers (all configs).
@@ -100,6 +101,10 @@ type Stats struct {
 	// BodiesTooLarge counts request bodies refused with 413 by max_size
 	// (handlers) or the admin API's limit.
 	BodiesTooLarge int64 `json:"bodies_too_large"`
+	// SharedStreams is the number of streams written by the shared
+	// writers now (see Poll.StreamWriters); the others of OpenStreams are
+	// written by their own goroutine.
+	SharedStreams int64 `json:"shared_streams"`
 }
 
 // ReadStats returns this process's counters of the HTTP handlers.
@@ -109,6 +114,7 @@ func ReadStats() Stats {
 		StreamsRefused:     stats.refused.Load(),
 		SlowClientsDropped: stats.slowDropped.Load(),
 		BodiesTooLarge:     stats.bodiesTooLarge.Load(),
+		SharedStreams:      stats.shared.Load(),
 	}
 }
 

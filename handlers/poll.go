@@ -42,6 +42,8 @@ const (
 	DefaultWriteTimeout = 10 * time.Second
 	// MaxPollLimit is the largest limit a config may set.
 	MaxPollLimit = 10000
+	// MaxStreamWriters is the largest stream_writers a config may set.
+	MaxStreamWriters = 64
 	// sseBatch is the most events a stream writes between two flushes.
 	sseBatch = 256
 )
@@ -172,8 +174,23 @@ type Poll struct {
 	// "*.example.com") of the other origins whose pages may open a
 	// WebSocket; by default only pages of the route's own host may.
 	Origins []string `json:"origins,omitempty"`
+	// StreamWriters is how many goroutines write the Server-Sent Events
+	// of the handler's HTTP/1.1 streams without TLS (cleartext, as behind
+	// a proxy or on a local network) once they have caught up: each event
+	// is then written to every stream with one write(2) on its socket,
+	// and a stream whose socket is full, or that falls behind, goes back
+	// to its own goroutine (and the usual write_timeout) until it has
+	// caught up again. The connection of such a stream is taken over
+	// from the HTTP server (hijacked), so it is not reused after the
+	// stream, and the access log shows only its headers' size. Default:
+	// one per core, at most 4; -1 (Caddyfile: off) leaves every stream to
+	// its own goroutine. HTTP/2, HTTP/3, TLS, WebSocket, alerts, and a
+	// response another handler compresses are always written by their
+	// own goroutine.
+	StreamWriters int `json:"stream_writers,omitempty"`
 
 	base
+	hub     hub
 	cache   readCache
 	limit   int64 // max_size, capped by the app's max_payload
 	open    atomic.Int64
@@ -246,6 +263,8 @@ func (h *Poll) Validate() error {
 		return fmt.Errorf("ipcbus_poll: limit must be between 1 and %d, was %d", MaxPollLimit, h.Limit)
 	case h.MaxBytes < 0:
 		return fmt.Errorf("ipcbus_poll: max_bytes must be positive, was %d", h.MaxBytes)
+	case h.StreamWriters < -1 || h.StreamWriters > MaxStreamWriters:
+		return fmt.Errorf("ipcbus_poll: stream_writers must be -1 (off) or from 1 to %d, was %d", MaxStreamWriters, h.StreamWriters)
 	case len(h.Alerts) > 0 && (len(h.Sources) > 0 || len(h.Events) > 0 || h.Envelope):
 		return fmt.Errorf("ipcbus_poll: alerts serves IPC alerts, which have a name but no source or event (and always come as JSON objects): leave sources, events and envelope out, or serve events on another route")
 	}
@@ -601,27 +620,38 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key stri
 func (h *Poll) stream(w http.ResponseWriter, r *http.Request, p feed, envelope bool, since uint64) {
 	h.headers(w, true)
 	dw, done := newDeadlineWriter(pastIdleWriter(w, r), time.Duration(h.WriteTimeout), h.stopping)
+	w.WriteHeader(http.StatusOK)
+	if dw.Flush() != nil {
+		done()
+		return // the headers are out: nothing else can be said
+	}
+	if rd, ok := p.(reader); ok && h.sharedWriters(w, r, rd) {
+		done() // before the hijack, which clears the deadlines it leaves
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			h.logger.Debug("ending a stream: its connection could not be taken over", zap.Error(err))
+			return
+		}
+		h.streamConn(c, rd, since)
+		return
+	}
 	defer done()
 	defer func() {
 		if dw.dropped() {
 			h.logger.Debug("dropped a stream client that did not read", zap.String("remote", r.RemoteAddr), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
 		}
 	}()
-	w.WriteHeader(http.StatusOK)
-	if dw.Flush() != nil {
-		return // the headers are out: nothing else can be said
-	}
 	bw := bufio.NewWriterSize(dw, 4<<10) // held as long as the stream: small; large payloads go past it
 	keep := time.NewTicker(time.Duration(h.KeepAlive))
 	defer keep.Stop()
-	h.follow(r.Context(), p, since, &sseSink{h: h, bw: bw, dw: dw, envelope: envelope}, keep.C)
+	h.follow(r.Context(), p, &since, &sseSink{h: h, bw: bw, dw: dw, envelope: envelope}, keep.C, false)
 }
 
 // sseSink writes a stream as Server-Sent Events.
 type sseSink struct {
 	h        *Poll
 	bw       *bufio.Writer
-	dw       *deadlineWriter
+	dw       interface{ Flush() error } // what bw writes to
 	envelope bool
 	pending  bool // events written since the last flush
 }
@@ -686,11 +716,8 @@ func (h *Poll) feed(r *http.Request) (feed, string, func() uint64) {
 
 // writeLost writes the notice of events the ring no longer holds.
 func writeLost(w *bufio.Writer, from, count uint64) {
-	b := append([]byte("event: "+NoticeLost+"\ndata: {\"from\":"), strconv.FormatUint(from, 10)...)
-	b = append(b, `,"count":`...)
-	b = strconv.AppendUint(b, count, 10)
-	b = append(b, `,"reason":"overrun"}`+"\n\n"...)
-	w.Write(b)
+	var b [128]byte
+	w.Write(appendLost(b[:0], from, count))
 }
 
 // Interface guards

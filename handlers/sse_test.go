@@ -1,8 +1,6 @@
 package handlers
 
 import (
-	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -170,42 +168,18 @@ type sseEvent struct{ id, event, data string }
 
 func readSSE(t *testing.T, url string, n int) []sseEvent {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.Header.Get("Content-Type") != "text/event-stream" || resp.Header.Get("Vary") != "Accept" {
-		t.Fatalf("headers %v", resp.Header)
+	c := openSSE(t, url)
+	defer c.resp.Body.Close()
+	if c.resp.Header.Get("Content-Type") != "text/event-stream" || c.resp.Header.Get("Vary") != "Accept" {
+		t.Fatalf("headers %v", c.resp.Header)
 	}
 	var out []sseEvent
-	var ev sseEvent
-	var data []string
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for len(out) < n && sc.Scan() {
-		l := sc.Text()
-		switch {
-		case l == "":
-			if ev.event != "" || len(data) > 0 {
-				ev.data = strings.Join(data, "\n")
-				out = append(out, ev)
-			}
-			ev, data = sseEvent{}, nil
-		case strings.HasPrefix(l, "id: "):
-			ev.id = l[4:]
-		case strings.HasPrefix(l, "event: "):
-			ev.event = l[7:]
-		case strings.HasPrefix(l, "data: "):
-			data = append(data, l[6:])
+	for len(out) < n {
+		ev, err := c.next()
+		if err != nil {
+			t.Fatalf("%d of %d events: %v", len(out), n, err)
 		}
-	}
-	if len(out) < n {
-		t.Fatalf("%d of %d events: %v", len(out), n, sc.Err())
+		out = append(out, ev)
 	}
 	return out
 }

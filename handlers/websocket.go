@@ -119,7 +119,7 @@ func (h *Poll) websocket(w http.ResponseWriter, r *http.Request, p feed, envelop
 	})
 	defer stopCut()
 	s := &wsSink{h: h, c: c, ctx: ctx, envelope: envelope}
-	switch end := h.follow(ctx, p, since, s, nil); end {
+	switch end := h.follow(ctx, p, &since, s, nil, false); end {
 	case endStopped, endClosed:
 		c.arm()
 		reason := "the server is reloading or stopping"

@@ -442,3 +442,46 @@ func TestHTTPErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedStreamWriters: in a real Caddy, caught-up HTTP/1.1 streams are
+// written by the shared writers (the stats and the metrics say how many),
+// each gets every event in order across processes, and a large event
+// (written by the stream's own goroutine) comes in its place.
+func TestSharedStreamWriters(t *testing.T) {
+	n := newNode(t)
+	a, b := n.start(), n.start()
+	const streams = 3
+	var chs []<-chan sseEvent
+	for range streams {
+		ch, err := sse(t, t.Context(), b.url("/events?source=fan"), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		chs = append(chs, ch)
+	}
+	for deadline := time.Now().Add(10 * time.Second); b.stats().HTTP.SharedStreams != streams; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams with the shared writers, want %d", b.stats().HTTP.SharedStreams, streams)
+		}
+	}
+	if m := b.metrics(t); !strings.Contains(m, fmt.Sprintf("caddy_ipcbus_http_shared_streams %d\n", streams)) {
+		t.Fatal("no caddy_ipcbus_http_shared_streams gauge in the metrics")
+	}
+	var seqs []uint64
+	var want []string
+	for i := range 100 {
+		body := fmt.Sprintf("message %d", i)
+		if i == 50 {
+			body = strings.Repeat("L", 40<<10) // over what the shared writers write (8 KiB)
+		}
+		seqs = append(seqs, a.publish(t, "source=fan&event=msg", body))
+		want = append(want, body)
+	}
+	for k, ch := range chs {
+		for i := range seqs {
+			if ev := next(t, ch); ev.id != strconv.FormatUint(seqs[i], 10) || ev.data != want[i] {
+				t.Fatalf("stream %d, event %d: id %s (%d bytes), want id %d", k, i, ev.id, len(ev.data), seqs[i])
+			}
+		}
+	}
+}

@@ -59,6 +59,9 @@ func TestReloadLeavesNothingBehind(t *testing.T) {
 		// The fleet part: a NATS connection, the lease candidacy and (in
 		// this only process) the bridge's goroutines, per worker.
 		{"fleet", "fleet itest {\n\t\t\tnats NATS_URL\n\t\t}", ""},
+		// Streams written by the shared writers (their goroutines and
+		// connections), open when each reload comes.
+		{"streams", "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newNode(t)
@@ -66,16 +69,43 @@ func TestReloadLeavesNothingBehind(t *testing.T) {
 			if strings.Contains(n.settings, "NATS_URL") {
 				n.settings = strings.ReplaceAll(n.settings, "NATS_URL", startNATSProc(t).url())
 			}
-			reloadLeavesNothing(t, n)
+			reloadLeavesNothing(t, n, tc.name == "streams")
 		})
 	}
 }
 
-func reloadLeavesNothing(t *testing.T, n *node) {
+func reloadLeavesNothing(t *testing.T, n *node, streams bool) {
 	a := n.start()
 	reload := func() {
+		var ended []<-chan sseEvent
+		if streams { // two streams that have caught up (in the hub), ended by the reload
+			for range 2 {
+				ch, err := sse(t, t.Context(), a.url("/events"), "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				ended = append(ended, ch)
+			}
+			time.Sleep(100 * time.Millisecond)
+			seq := a.publish(t, "source=leak&event=e", "x")
+			for _, ch := range ended {
+				if ev := next(t, ch); ev.id != fmt.Sprint(seq) {
+					t.Fatalf("got %+v, want event %d", ev, seq)
+				}
+			}
+		}
 		if out, err := cli(t, "reload", "--config", a.config, "--adapter", "caddyfile", "--address", a.admin, "--force"); err != nil {
 			t.Fatalf("reload: %v\n%s", err, out)
+		}
+		for _, ch := range ended {
+			select {
+			case _, ok := <-ch:
+				if ok {
+					t.Fatal("an event after the reload")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("a stream still open 10s after the reload")
+			}
 		}
 	}
 	reload() // let the first reload's one-time allocations happen

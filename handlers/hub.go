@@ -1,0 +1,341 @@
+package handlers
+
+import (
+	"errors"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipcbus/caddy-ipcbus/events"
+)
+
+// A hub writes the Server-Sent Events of the idle HTTP/1.1 streams of one
+// ipcbus_poll handler from a few goroutines (its shards), instead of each
+// stream's own goroutine: when an event comes, a shard reads it once
+// (through the handler's read cache), and writes its frame to each of its
+// streams with one non-blocking write(2) on the socket, in a chunk of the
+// response. Waking thousands of goroutines and going through the HTTP
+// server's writers for each is what a fan-out cost before.
+//
+// A shard never waits for a socket: a stream whose socket does not take
+// all it is given, whose next event is not in the cache (a large payload,
+// one in a blob file), or whose write fails is handed back to its own
+// goroutine with what was not written; that goroutine writes it under the
+// write timeout, catches up as any stream does, and joins again when it
+// has caught up. So a slow client costs its own goroutine, never the
+// others.
+//
+// While a stream is in the hub, its goroutine waits in a read of the
+// connection: the read ends when the client goes away, or when the hub
+// hands the stream back or Caddy stops (both set a read deadline in the
+// past).
+type hub struct {
+	h      *Poll
+	once   sync.Once
+	shards []*hubShard
+	next   atomic.Uint32
+	bus    atomic.Pointer[events.Bus] // the bus of its streams (the first one's)
+}
+
+// Stream states, guarded by hubStream.mu.
+const (
+	inHub      = iota // written by its shard
+	handedBack        // its own goroutine writes it
+	left              // its goroutine took it out (client gone, or stopping)
+)
+
+// hubStream is one stream in a hub.
+type hubStream struct {
+	raw  syscall.RawConn
+	poke func() // makes the owner's read return (a read deadline in the past)
+	keep func(source, name string) bool
+
+	mu    sync.Mutex
+	state int
+	since uint64 // the next sequence to read
+	out   []byte // handed back: bytes the shard could not write, to write first
+	err   error  // handed back: the write failed
+	wrote bool   // something was written since the last keep-alive tick
+}
+
+// hubShard is one writer goroutine of a hub and its streams.
+type hubShard struct {
+	hub     *hub
+	mu      sync.Mutex
+	adds    []*hubStream
+	kick    chan struct{}
+	streams []*hubStream // the shard goroutine's own
+	buf     []byte
+}
+
+// hubWriters is how many shards a hub has by default: one per two cores
+// (the kernel's side of each write, and the clients on the same machine,
+// need the others), at least one, at most four. On two cores, one writer
+// per process gave a lower latency than two, measured (BENCHMARKS.md).
+func hubWriters() int { return min(max(runtime.GOMAXPROCS(0)/2, 1), 4) }
+
+// join puts s in the hub, which writes it from its since on; false when
+// the hub cannot take it (another bus than its streams', or stopping).
+func (hb *hub) join(h *Poll, s *hubStream, bus *events.Bus) bool {
+	if h.stopping.Err() != nil {
+		return false
+	}
+	hb.once.Do(func() {
+		hb.h = h
+		hb.bus.Store(bus)
+		n := hb.h.StreamWriters
+		if n == 0 {
+			n = hubWriters()
+		}
+		hb.shards = make([]*hubShard, n)
+		for i := range hb.shards {
+			sh := &hubShard{hub: hb, kick: make(chan struct{}, 1)}
+			hb.shards[i] = sh
+			go sh.run(bus)
+		}
+	})
+	if hb.bus.Load() != bus {
+		return false
+	}
+	s.mu.Lock()
+	s.state = inHub
+	s.out, s.err = nil, nil
+	s.mu.Unlock()
+	stats.shared.Add(1)
+	sh := hb.shards[hb.next.Add(1)%uint32(len(hb.shards))]
+	sh.mu.Lock()
+	sh.adds = append(sh.adds, s)
+	sh.mu.Unlock()
+	select {
+	case sh.kick <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// run writes the shard's streams until Caddy stops (their goroutines end
+// them then) or the bus closes (everything is handed back).
+func (sh *hubShard) run(bus *events.Bus) {
+	h := sh.hub.h
+	keep := time.NewTicker(time.Duration(h.KeepAlive))
+	defer keep.Stop()
+	for {
+		changed := bus.Changed()
+		for sh.pass(bus) {
+		}
+		if bus.Closed() {
+			sh.handBackAll()
+			return
+		}
+		select {
+		case <-changed:
+		case <-sh.kick:
+		case <-keep.C:
+			sh.keepAlive()
+		case <-h.stopping.Done():
+			return
+		}
+	}
+}
+
+// take merges the streams that joined since the last pass.
+func (sh *hubShard) take() {
+	sh.mu.Lock()
+	adds := sh.adds
+	sh.adds = nil
+	sh.mu.Unlock()
+	sh.streams = append(sh.streams, adds...)
+}
+
+// pass writes to each stream what there is for it, at most sseBatch
+// events and about max_bytes; true if a stream got a full batch (there
+// may be more to write).
+func (sh *hubShard) pass(bus *events.Bus) bool {
+	sh.take()
+	more := false
+	kept := sh.streams[:0]
+	for _, s := range sh.streams {
+		s.mu.Lock()
+		if s.state == inHub {
+			full := sh.write(bus, s)
+			more = more || full
+		}
+		if s.state == inHub {
+			kept = append(kept, s)
+		}
+		s.mu.Unlock()
+	}
+	clear(sh.streams[len(kept):])
+	sh.streams = kept
+	return more
+}
+
+// chunkHead is the room kept before a chunk for its size line.
+const chunkHead = 10 // 8 hex digits and CRLF: chunks are under 4 GiB
+
+// write writes to s (locked, in the hub) what there is for it from its
+// since on; true if that was a full batch.
+func (sh *hubShard) write(bus *events.Bus, s *hubStream) bool {
+	h := sh.hub.h
+	b := append(sh.buf[:0], make([]byte, chunkHead)...)
+	at := s.since
+	var lostFrom, lost uint64
+	n, size, full, back := 0, int64(0), false, false
+	for {
+		if n >= sseBatch || size >= h.MaxBytes {
+			full = true
+			break
+		}
+		e := h.cache.entry(bus, at, h.Envelope)
+		if e == nil {
+			break
+		}
+		if e.ev == nil && e.next == at {
+			back = true // too large to keep: its goroutine reads it from the ring
+			break
+		}
+		var frame []byte
+		if e.ev != nil && (s.keep == nil || s.keep(e.ev.Source, e.ev.Name)) {
+			if frame = e.sseFrame(); frame == nil {
+				back = true // its goroutine says why
+				break
+			}
+		}
+		if e.lost > 0 {
+			if lost == 0 {
+				lostFrom = at
+			}
+			lost += e.lost
+		}
+		at = e.next
+		if frame == nil {
+			continue
+		}
+		if lost > 0 {
+			b = appendLost(b, lostFrom, lost)
+			lost = 0
+		}
+		b = append(b, frame...)
+		n++
+		size += int64(len(e.ev.Data))
+	}
+	if lost > 0 {
+		b = appendLost(b, lostFrom, lost)
+	}
+	s.since = at
+	if len(b) > chunkHead {
+		b = sh.chunk(b)
+		sent, err := writeNow(s.raw, b)
+		s.wrote = true
+		if err != nil || sent < len(b) {
+			s.out = append([]byte(nil), b[sent:]...)
+			s.err = err
+			back = true
+		}
+	}
+	sh.buf = b[:0]
+	if back {
+		sh.handBack(s)
+		return false
+	}
+	return full
+}
+
+// chunk frames b[chunkHead:] as a chunk of the response, in place, and
+// returns the chunk.
+func (sh *hubShard) chunk(b []byte) []byte {
+	var hb [chunkHead]byte
+	head := strconv.AppendUint(hb[:0], uint64(len(b)-chunkHead), 16)
+	head = append(head, '\r', '\n')
+	start := chunkHead - len(head)
+	copy(b[start:], head)
+	return append(b[start:], '\r', '\n')
+}
+
+// handBack gives s (locked) back to its goroutine.
+func (sh *hubShard) handBack(s *hubStream) {
+	s.state = handedBack
+	stats.shared.Add(-1)
+	s.poke()
+}
+
+// handBackAll gives every stream back to its goroutine.
+func (sh *hubShard) handBackAll() {
+	sh.take()
+	for _, s := range sh.streams {
+		s.mu.Lock()
+		if s.state == inHub {
+			sh.handBack(s)
+		}
+		s.mu.Unlock()
+	}
+	sh.streams = nil
+}
+
+// keepAlive writes a comment to the streams that had nothing written since
+// the last tick.
+func (sh *hubShard) keepAlive() {
+	sh.take()
+	const ka = "e\r\n: keep-alive\n\n\r\n"
+	for _, s := range sh.streams {
+		s.mu.Lock()
+		if s.state == inHub {
+			if !s.wrote {
+				sent, err := writeNow(s.raw, []byte(ka))
+				if err != nil || sent < len(ka) {
+					s.out = []byte(ka[sent:])
+					s.err = err
+					sh.handBack(s)
+				}
+			}
+			s.wrote = false
+		}
+		s.mu.Unlock()
+	}
+}
+
+// writeNow writes what the socket takes now of b, without waiting.
+func writeNow(raw syscall.RawConn, b []byte) (int, error) {
+	sent := 0
+	var werr error
+	err := raw.Write(func(fd uintptr) bool {
+		for sent < len(b) {
+			n, err := unix.Write(int(fd), b[sent:])
+			if n > 0 {
+				sent += n
+			}
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return true
+			case err != nil:
+				werr = err
+				return true
+			case n == 0:
+				werr = errors.New("socket took nothing")
+				return true
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return sent, err
+	}
+	return sent, werr
+}
+
+// appendLost appends the notice of count events from from on that the
+// ring no longer holds.
+func appendLost(b []byte, from, count uint64) []byte {
+	b = append(b, "event: "+NoticeLost+"\ndata: {\"from\":"...)
+	b = strconv.AppendUint(b, from, 10)
+	b = append(b, `,"count":`...)
+	b = strconv.AppendUint(b, count, 10)
+	return append(b, `,"reason":"overrun"}`+"\n\n"...)
+}

@@ -1,0 +1,247 @@
+package handlers
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"reflect"
+	"strconv"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// aLongTimeAgo is a deadline in the past: it makes a blocked read or
+// write of a connection return at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// sharedWriters reports whether the stream of r goes to the hub: an
+// HTTP/1.1 response without TLS whose body the server sends in chunks as
+// written (nothing in front compresses it or gave it a length).
+func (h *Poll) sharedWriters(w http.ResponseWriter, r *http.Request, p reader) bool {
+	if h.StreamWriters < 0 || p.cache == nil || r.TLS != nil || r.ProtoMajor != 1 || r.ProtoMinor < 1 {
+		return false
+	}
+	hd := w.Header()
+	return hd.Get("Content-Encoding") == "" && hd.Get("Content-Length") == "" && hd.Get("Transfer-Encoding") == ""
+}
+
+// streamConn serves a stream on its hijacked HTTP/1.1 connection, whose
+// response headers (chunked) are out: its own goroutine writes it until
+// it has caught up, then the hub does, until the hub hands it back (a full
+// socket, an event it cannot write) or the stream ends.
+func (h *Poll) streamConn(hc net.Conn, p reader, since uint64) {
+	c, raw := rawConn(hc)
+	defer c.Close()
+	// A stop ends a read or a write in progress, and every later one.
+	stopPoke := context.AfterFunc(h.stopping, func() { _ = c.SetDeadline(aLongTimeAgo) })
+	defer stopPoke()
+	cw := &connWriter{c: c, timeout: time.Duration(h.WriteTimeout), stopping: h.stopping}
+	sink := &sseSink{h: h, bw: bufio.NewWriterSize(cw, 4<<10), dw: cw, envelope: h.Envelope}
+	s := &hubStream{raw: raw, keep: p.keep, poke: func() { _ = c.SetReadDeadline(aLongTimeAgo) }}
+	// The client's going away shows as a failed write, or as the end of
+	// the read that waits while the hub writes.
+	ctx := context.Background()
+	var end endReason
+	for {
+		if raw == nil || h.StreamWriters < 0 {
+			keep := time.NewTicker(time.Duration(h.KeepAlive))
+			end = h.follow(ctx, p, &since, sink, keep.C, false)
+			keep.Stop()
+			break
+		}
+		if end = h.follow(ctx, p, &since, sink, nil, true); end != endIdle {
+			break
+		}
+		// The hub writes without waiting: no deadline may be left for it.
+		if cw.clear() != nil {
+			end = endClient
+			break
+		}
+		s.since = since
+		if !h.hub.join(h, s, p.bus) {
+			if h.stopping.Err() != nil {
+				end = endStopped
+				break
+			}
+			raw = nil // another bus than the hub's: write it here
+			continue
+		}
+		if end = s.wait(c, h.stopping); end != endIdle {
+			break
+		}
+		since = s.since
+		if len(s.out) > 0 && cw.writeRaw(s.out) != nil || s.err != nil {
+			end = endClient
+			break
+		}
+	}
+	if end == endClient && h.stopping.Err() != nil {
+		end = endStopped // a write the stop cut short
+	}
+	if cw.dropped() {
+		h.logger.Debug("dropped a stream client that did not read", zap.String("remote", c.RemoteAddr().String()), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
+	}
+	if end == endStopped || end == endClosed {
+		// The end of the chunked body, if the socket takes it now: the
+		// client sees a clean end, and may reconnect.
+		_ = c.SetWriteDeadline(time.Time{})
+		if raw != nil {
+			_, _ = writeNow(raw, []byte("0\r\n\r\n"))
+		}
+	}
+}
+
+// wait waits, while the hub writes s, for the hub to hand it back
+// (endIdle: s.since, s.out and s.err say where it is), for the client to
+// go away (endClient), or for Caddy to stop (endStopped).
+func (s *hubStream) wait(c net.Conn, stopping context.Context) endReason {
+	var buf [512]byte
+	for {
+		_, err := c.Read(buf[:])
+		if err == nil {
+			continue // a client has nothing to say on a stream: what it sends is ignored
+		}
+		s.mu.Lock()
+		st := s.state
+		if st == inHub {
+			s.state = left
+			stats.shared.Add(-1)
+		}
+		s.mu.Unlock()
+		if st == handedBack && isTimeout(err) {
+			_ = c.SetReadDeadline(time.Time{})
+		}
+		switch {
+		case stopping.Err() != nil:
+			return endStopped
+		case st == handedBack && isTimeout(err):
+			return endIdle
+		default:
+			return endClient
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// rawConn is the connection to write, and its raw form for writes that do
+// not wait (nil when there is none: the stream's goroutine writes it all).
+// Caddy's record of a hijacked connection, which only counts the bytes
+// for its access log, is looked through.
+func rawConn(c net.Conn) (net.Conn, syscall.RawConn) {
+	for range 3 {
+		switch t := c.(type) {
+		case *net.TCPConn:
+			if raw, err := t.SyscallConn(); err == nil {
+				return c, raw
+			}
+			return c, nil
+		case *net.UnixConn:
+			if raw, err := t.SyscallConn(); err == nil {
+				return c, raw
+			}
+			return c, nil
+		}
+		v := reflect.ValueOf(c)
+		if v.Kind() != reflect.Pointer || v.Type().String() != "*caddyhttp.hijackedConn" || v.IsNil() {
+			return c, nil
+		}
+		inner, ok := v.Elem().FieldByName("Conn").Interface().(net.Conn)
+		if !ok || inner == nil {
+			return c, nil
+		}
+		c = inner
+	}
+	return c, nil
+}
+
+// connWriter writes a hijacked HTTP/1.1 response body as chunks, one per
+// Write, under the same write deadline as deadlineWriter: a client that
+// takes nothing for write_timeout (and up to an eighth more) is dropped.
+type connWriter struct {
+	c        net.Conn
+	timeout  time.Duration
+	stopping context.Context
+	deadline time.Time // the one set last (zero: none)
+	err      error
+}
+
+func (w *connWriter) arm() {
+	now := time.Now()
+	if !w.deadline.IsZero() && w.deadline.Sub(now) >= w.timeout {
+		return
+	}
+	w.deadline = now.Add(w.timeout + w.timeout/8)
+	_ = w.c.SetWriteDeadline(w.deadline)
+	if w.stopping.Err() != nil { // the stop's poke may have come before the line above
+		_ = w.c.SetWriteDeadline(aLongTimeAgo)
+	}
+}
+
+// clear removes the write deadline.
+func (w *connWriter) clear() error {
+	if w.err != nil {
+		return w.err
+	}
+	if !w.deadline.IsZero() {
+		w.deadline = time.Time{}
+		_ = w.c.SetWriteDeadline(time.Time{})
+	}
+	if w.stopping.Err() != nil {
+		w.err = context.Canceled
+	}
+	return w.err
+}
+
+// Write writes p as chunks of at most writeChunk bytes.
+func (w *connWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 && w.err == nil {
+		part := p[:min(len(p), writeChunk)]
+		var hb [chunkHead]byte
+		head := append(strconv.AppendUint(hb[:0], uint64(len(part)), 16), '\r', '\n')
+		bufs := net.Buffers{head, part, []byte("\r\n")}
+		w.arm()
+		if _, err := bufs.WriteTo(w.c); err != nil {
+			w.err = err
+			break
+		}
+		written += len(part)
+		p = p[len(part):]
+	}
+	return written, w.err
+}
+
+// writeRaw writes b as it is (the rest of chunks the hub began).
+func (w *connWriter) writeRaw(b []byte) error {
+	for len(b) > 0 && w.err == nil {
+		part := b[:min(len(b), writeChunk)]
+		w.arm()
+		if _, err := w.c.Write(part); err != nil {
+			w.err = err
+		}
+		b = b[len(part):]
+	}
+	return w.err
+}
+
+// Flush has nothing to do: every Write is sent.
+func (w *connWriter) Flush() error { return w.err }
+
+// dropped reports (and counts) a write that failed because the client did
+// not read, as deadlineWriter.dropped.
+func (w *connWriter) dropped() bool {
+	if w.err == nil || w.stopping.Err() != nil || !isTimeout(w.err) {
+		return false
+	}
+	stats.slowDropped.Add(1)
+	return true
+}

@@ -1,0 +1,262 @@
+package handlers
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// sseClient is a stream read with net/http's client, which checks the
+// chunked framing of the body.
+type sseClient struct {
+	resp *http.Response
+	sc   *bufio.Scanner
+}
+
+func openSSE(t *testing.T, url string) *sseClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a test never hangs
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	if resp.StatusCode != 200 || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" {
+		t.Fatalf("answer %d, transfer encoding %v", resp.StatusCode, resp.TransferEncoding)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	return &sseClient{resp: resp, sc: sc}
+}
+
+// next reads the next event (comments skipped); an error at the end of
+// the body.
+func (c *sseClient) next() (sseEvent, error) {
+	var ev sseEvent
+	var data []string
+	for c.sc.Scan() {
+		l := c.sc.Text()
+		switch {
+		case l == "":
+			if ev.event != "" || len(data) > 0 {
+				ev.data = strings.Join(data, "\n")
+				return ev, nil
+			}
+		case strings.HasPrefix(l, "id: "):
+			ev.id = l[4:]
+		case strings.HasPrefix(l, "event: "):
+			ev.event = l[7:]
+		case strings.HasPrefix(l, "data: "):
+			data = append(data, l[6:])
+		}
+	}
+	if err := c.sc.Err(); err != nil {
+		return ev, err
+	}
+	return ev, io.EOF
+}
+
+// waitShared waits until n streams are written by the shared writers.
+func waitShared(t *testing.T, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for ReadStats().SharedStreams != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams written by the shared writers, want %d", ReadStats().SharedStreams, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// joinedStream serves h, and opens a stream to it that the hub writes.
+func joinedStream(t *testing.T, h *Poll) (*testApp, *sseClient, chan struct{}) {
+	t.Helper()
+	app := newTestApp(t)
+	use(t, app, h)
+	srv, done := pollServer(t, h)
+	c := openSSE(t, srv.URL+"/e")
+	waitShared(t, 1)
+	return app, c, done
+}
+
+// TestHubFanOut: streams that have caught up are written by the shared
+// writers, every event to each in order, in valid chunks; they leave the
+// hub when their clients go.
+func TestHubFanOut(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{StreamWriters: 2}
+	use(t, app, h)
+	srv, done := pollServer(t, h)
+	const clients, n = 10, 600
+	var cs []*sseClient
+	for range clients {
+		cs = append(cs, openSSE(t, srv.URL+"/e?source=p"))
+	}
+	waitShared(t, clients)
+	first := post(t, app, "p", "e", "0")
+	for i := 1; i < n; i++ {
+		post(t, app, "q", "e", "filtered out")
+		post(t, app, "p", "e", strconv.Itoa(i))
+	}
+	for k, c := range cs {
+		for i := range n {
+			ev, err := c.next()
+			want := strconv.FormatUint(first+2*uint64(i), 10)
+			if err != nil || ev.id != want || ev.data != strconv.Itoa(i) {
+				t.Fatalf("client %d, event %d: %+v %v, want id %s", k, i, ev, err, want)
+			}
+		}
+	}
+	for _, c := range cs {
+		c.resp.Body.Close()
+	}
+	for range clients {
+		waitDone(t, done, 10*time.Second, "a client that went away")
+	}
+	waitShared(t, 0)
+}
+
+// TestHubHandsBack: an event the hub does not write (too large for the
+// read cache, or in a blob file) goes out from the stream's own goroutine,
+// in order, and the stream joins the hub again.
+func TestHubHandsBack(t *testing.T) {
+	app, c, _ := joinedStream(t, &Poll{})
+	sizes := []int{10, readCacheMaxData + 1, 10, 200 << 10, 10}
+	var seqs []uint64
+	for i, n := range sizes {
+		seqs = append(seqs, post(t, app, "p", "e", strings.Repeat(string(rune('a'+i)), n)))
+	}
+	for i, n := range sizes {
+		ev, err := c.next()
+		if err != nil || ev.id != strconv.FormatUint(seqs[i], 10) || ev.data != strings.Repeat(string(rune('a'+i)), n) {
+			t.Fatalf("event %d: id %s, %d bytes, %v", i, ev.id, len(ev.data), err)
+		}
+	}
+	waitShared(t, 1)
+}
+
+// TestHubSlowClient: a client that stops reading fills its socket, is
+// handed back to its own goroutine, and dropped after write_timeout, while
+// another stream of the same hub gets every event.
+func TestHubSlowClient(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{WriteTimeout: caddy.Duration(300 * time.Millisecond), StreamWriters: 1}
+	use(t, app, h)
+	srv, done := pollServer(t, h)
+	before := ReadStats().SlowClientsDropped
+	dialSlow(t, srv, "/e", 4096)
+	fast := openSSE(t, srv.URL+"/e")
+	waitShared(t, 2)
+	payload := strings.Repeat("x", 4000) // kept in the read cache: the hub writes it
+	const n = 400                        // 1.6 MB, far more than the slow client's buffers
+	first := post(t, app, "p", "e", payload)
+	for range n - 1 {
+		post(t, app, "p", "e", payload)
+	}
+	for i := range n {
+		ev, err := fast.next()
+		if err != nil || ev.id != strconv.FormatUint(first+uint64(i), 10) || ev.data != payload {
+			t.Fatalf("event %d: id %s, %v", i, ev.id, err)
+		}
+	}
+	waitDone(t, done, 20*time.Second, "a client that does not read")
+	if got := ReadStats().SlowClientsDropped - before; got != 1 {
+		t.Fatalf("slow clients dropped: %d", got)
+	}
+	waitShared(t, 1)
+}
+
+// TestHubClientGone: a client that goes away while the hub writes its
+// stream ends the handler at once, with no event needed to find out.
+func TestHubClientGone(t *testing.T) {
+	h := &Poll{}
+	_, c, done := joinedStream(t, h)
+	c.resp.Body.Close()
+	waitDone(t, done, 5*time.Second, "a client that went away")
+	waitShared(t, 0)
+	if n := h.open.Load(); n != 0 {
+		t.Fatalf("%d streams still counted", n)
+	}
+}
+
+// TestHubStop: a stop (a reload) ends the streams in the hub with the end
+// of the chunked body, so clients see a clean end.
+func TestHubStop(t *testing.T) {
+	h := &Poll{}
+	app, c, done := joinedStream(t, h)
+	seq := post(t, app, "p", "e", "before")
+	if ev, err := c.next(); err != nil || ev.id != strconv.FormatUint(seq, 10) {
+		t.Fatalf("%+v %v", ev, err)
+	}
+	h.stop()
+	waitDone(t, done, 5*time.Second, "stopping")
+	if _, err := c.next(); !errors.Is(err, io.EOF) {
+		t.Fatalf("the body ended with %v, not a clean end", err)
+	}
+	waitShared(t, 0)
+}
+
+// TestHubKeepAlive: an idle stream in the hub gets keep-alive comments.
+func TestHubKeepAlive(t *testing.T) {
+	_, c, _ := joinedStream(t, &Poll{KeepAlive: caddy.Duration(100 * time.Millisecond)})
+	for range 2 {
+		if !c.sc.Scan() || c.sc.Text() != ": keep-alive" {
+			t.Fatalf("read %q %v, want a keep-alive comment", c.sc.Text(), c.sc.Err())
+		}
+		if !c.sc.Scan() || c.sc.Text() != "" {
+			t.Fatalf("read %q after the comment", c.sc.Text())
+		}
+	}
+}
+
+// TestHubNotUsed: with stream_writers off, or when something before the
+// handler compresses the response, each stream writes itself.
+func TestHubNotUsed(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		writers int
+		header  string
+	}{
+		{"off", -1, ""},
+		{"compressed", 0, "br"}, // as by an encode handler before it
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			app := newTestApp(t)
+			h := &Poll{StreamWriters: tc.writers}
+			use(t, app, h)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if tc.header != "" {
+					w.Header().Set("Content-Encoding", tc.header)
+				}
+				_ = h.ServeHTTP(w, r, nil)
+			}))
+			t.Cleanup(srv.Close)
+			c := openSSE(t, srv.URL+"/e?since="+strconv.FormatUint(app.bus.Tail(), 10))
+			time.Sleep(100 * time.Millisecond) // would have joined the hub by now
+			for i := range 3 {
+				post(t, app, "p", "e", fmt.Sprint(i))
+			}
+			for i := range 3 {
+				if ev, err := c.next(); err != nil || ev.data != fmt.Sprint(i) {
+					t.Fatalf("event %d: %+v %v", i, ev, err)
+				}
+			}
+			if n := ReadStats().SharedStreams; n != 0 {
+				t.Fatalf("%d streams in the hub", n)
+			}
+		})
+	}
+}
