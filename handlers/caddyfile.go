@@ -180,7 +180,7 @@ func (h *Broadcast) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		publish                     # WebSocket clients may post events on the socket
 //		max_size      <size>        # with publish, the largest message a client sends, default 1MiB
 //		origins       <pattern>...  # other origins whose pages may open a WebSocket
-//		stream_writers <n>|off      # goroutines writing HTTP/1.1 streams, default one per core (at most 4)
+//		stream_writers <n>|off      # goroutines writing HTTP/1.1 streams, default one per two cores (1 to 4)
 //	}
 //
 // A request with `Upgrade: websocket` gets the same events over a

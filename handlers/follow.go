@@ -80,6 +80,9 @@ func (h *Poll) follow(ctx context.Context, p feed, at *uint64, s sink, keep <-ch
 			continue // more may be there: read on before waiting
 		}
 		if untilIdle {
+			if p.closed() {
+				return endClosed
+			}
 			return endIdle
 		}
 		select {

@@ -35,11 +35,17 @@ import (
 // hands the stream back or Caddy stops (both set a read deadline in the
 // past).
 type hub struct {
-	h      *Poll
-	once   sync.Once
+	mu   sync.Mutex
+	cur  *hubGen
+	next atomic.Uint32
+	n    atomic.Int64 // streams in it now (stats.shared counts all handlers')
+}
+
+// hubGen is the hub's shards for one bus: a new bus (the app restarted
+// under the same handler) gets new shards, the old ones end with theirs.
+type hubGen struct {
+	bus    *events.Bus
 	shards []*hubShard
-	next   atomic.Uint32
-	bus    atomic.Pointer[events.Bus] // the bus of its streams (the first one's)
 }
 
 // Stream states, guarded by hubStream.mu.
@@ -60,14 +66,15 @@ type hubStream struct {
 	since uint64 // the next sequence to read
 	out   []byte // handed back: bytes the shard could not write, to write first
 	err   error  // handed back: the write failed
-	wrote bool   // something was written since the last keep-alive tick
+	last  int64  // when something was last written (nanoseconds, time.Now)
 }
 
 // hubShard is one writer goroutine of a hub and its streams.
 type hubShard struct {
-	hub     *hub
+	h       *Poll
 	mu      sync.Mutex
 	adds    []*hubStream
+	dead    bool // the shard has ended: it takes no more streams
 	kick    chan struct{}
 	streams []*hubStream // the shard goroutine's own
 	buf     []byte
@@ -80,35 +87,43 @@ type hubShard struct {
 func hubWriters() int { return min(max(runtime.GOMAXPROCS(0)/2, 1), 4) }
 
 // join puts s in the hub, which writes it from its since on; false when
-// the hub cannot take it (another bus than its streams', or stopping).
+// the hub cannot take it (Caddy stopping, the bus closed).
 func (hb *hub) join(h *Poll, s *hubStream, bus *events.Bus) bool {
-	if h.stopping.Err() != nil {
+	if h.stopping.Err() != nil || bus.Closed() {
 		return false
 	}
-	hb.once.Do(func() {
-		hb.h = h
-		hb.bus.Store(bus)
-		n := hb.h.StreamWriters
-		if n == 0 {
+	hb.mu.Lock()
+	g := hb.cur
+	if g == nil || g.bus != bus {
+		n := h.StreamWriters
+		if n <= 0 {
 			n = hubWriters()
 		}
-		hb.shards = make([]*hubShard, n)
-		for i := range hb.shards {
-			sh := &hubShard{hub: hb, kick: make(chan struct{}, 1)}
-			hb.shards[i] = sh
+		g = &hubGen{bus: bus, shards: make([]*hubShard, n)}
+		for i := range g.shards {
+			sh := &hubShard{h: h, kick: make(chan struct{}, 1)}
+			g.shards[i] = sh
 			go sh.run(bus)
 		}
-	})
-	if hb.bus.Load() != bus {
-		return false
+		hb.cur = g
 	}
+	hb.mu.Unlock()
 	s.mu.Lock()
 	s.state = inHub
 	s.out, s.err = nil, nil
+	s.last = time.Now().UnixNano()
 	s.mu.Unlock()
-	stats.shared.Add(1)
-	sh := hb.shards[hb.next.Add(1)%uint32(len(hb.shards))]
+	sh := g.shards[hb.next.Add(1)%uint32(len(g.shards))]
 	sh.mu.Lock()
+	if sh.dead {
+		sh.mu.Unlock()
+		s.mu.Lock()
+		s.state = handedBack
+		s.mu.Unlock()
+		return false
+	}
+	stats.shared.Add(1)
+	hb.n.Add(1)
 	sh.adds = append(sh.adds, s)
 	sh.mu.Unlock()
 	select {
@@ -121,8 +136,10 @@ func (hb *hub) join(h *Poll, s *hubStream, bus *events.Bus) bool {
 // run writes the shard's streams until Caddy stops (their goroutines end
 // them then) or the bus closes (everything is handed back).
 func (sh *hubShard) run(bus *events.Bus) {
-	h := sh.hub.h
-	keep := time.NewTicker(time.Duration(h.KeepAlive))
+	h := sh.h
+	// Keep-alives are checked twice per period, so that none is late by
+	// more than half of it.
+	keep := time.NewTicker(time.Duration(h.KeepAlive) / 2)
 	defer keep.Stop()
 	for {
 		changed := bus.Changed()
@@ -138,6 +155,9 @@ func (sh *hubShard) run(bus *events.Bus) {
 		case <-keep.C:
 			sh.keepAlive()
 		case <-h.stopping.Done():
+			sh.mu.Lock()
+			sh.dead = true // the streams' goroutines end them
+			sh.mu.Unlock()
 			return
 		}
 	}
@@ -158,12 +178,23 @@ func (sh *hubShard) take() {
 func (sh *hubShard) pass(bus *events.Bus) bool {
 	sh.take()
 	more := false
+	now := time.Now().UnixNano()
+	sh.each(func(s *hubStream) {
+		if sh.write(bus, s, now) {
+			more = true
+		}
+	})
+	return more
+}
+
+// each calls f for every stream of the shard still in the hub (locked),
+// and drops the others.
+func (sh *hubShard) each(f func(s *hubStream)) {
 	kept := sh.streams[:0]
 	for _, s := range sh.streams {
 		s.mu.Lock()
 		if s.state == inHub {
-			full := sh.write(bus, s)
-			more = more || full
+			f(s)
 		}
 		if s.state == inHub {
 			kept = append(kept, s)
@@ -172,7 +203,6 @@ func (sh *hubShard) pass(bus *events.Bus) bool {
 	}
 	clear(sh.streams[len(kept):])
 	sh.streams = kept
-	return more
 }
 
 // chunkHead is the room kept before a chunk for its size line.
@@ -180,8 +210,8 @@ const chunkHead = 10 // 8 hex digits and CRLF: chunks are under 4 GiB
 
 // write writes to s (locked, in the hub) what there is for it from its
 // since on; true if that was a full batch.
-func (sh *hubShard) write(bus *events.Bus, s *hubStream) bool {
-	h := sh.hub.h
+func (sh *hubShard) write(bus *events.Bus, s *hubStream, now int64) bool {
+	h := sh.h
 	b := append(sh.buf[:0], make([]byte, chunkHead)...)
 	at := s.since
 	var lostFrom, lost uint64
@@ -231,7 +261,7 @@ func (sh *hubShard) write(bus *events.Bus, s *hubStream) bool {
 	if len(b) > chunkHead {
 		b = sh.chunk(b)
 		sent, err := writeNow(s.raw, b)
-		s.wrote = true
+		s.last = now
 		if err != nil || sent < len(b) {
 			s.out = append([]byte(nil), b[sent:]...)
 			s.err = err
@@ -261,42 +291,40 @@ func (sh *hubShard) chunk(b []byte) []byte {
 func (sh *hubShard) handBack(s *hubStream) {
 	s.state = handedBack
 	stats.shared.Add(-1)
+	sh.h.hub.n.Add(-1)
 	s.poke()
 }
 
-// handBackAll gives every stream back to its goroutine.
+// handBackAll gives every stream back to its goroutine, and takes no
+// more.
 func (sh *hubShard) handBackAll() {
+	sh.mu.Lock()
+	sh.dead = true
+	sh.mu.Unlock()
 	sh.take()
-	for _, s := range sh.streams {
-		s.mu.Lock()
-		if s.state == inHub {
-			sh.handBack(s)
-		}
-		s.mu.Unlock()
-	}
+	sh.each(sh.handBack)
 	sh.streams = nil
 }
 
-// keepAlive writes a comment to the streams that had nothing written since
-// the last tick.
+// keepAlive writes a comment to the streams that had nothing written for
+// keepalive.
 func (sh *hubShard) keepAlive() {
 	sh.take()
 	const ka = "e\r\n: keep-alive\n\n\r\n"
-	for _, s := range sh.streams {
-		s.mu.Lock()
-		if s.state == inHub {
-			if !s.wrote {
-				sent, err := writeNow(s.raw, []byte(ka))
-				if err != nil || sent < len(ka) {
-					s.out = []byte(ka[sent:])
-					s.err = err
-					sh.handBack(s)
-				}
-			}
-			s.wrote = false
+	now := time.Now().UnixNano()
+	period := int64(sh.h.KeepAlive)
+	sh.each(func(s *hubStream) {
+		if now-s.last < period {
+			return
 		}
-		s.mu.Unlock()
-	}
+		s.last = now
+		sent, err := writeNow(s.raw, []byte(ka))
+		if err != nil || sent < len(ka) {
+			s.out = []byte(ka[sent:])
+			s.err = err
+			sh.handBack(s)
+		}
+	})
 }
 
 // writeNow writes what the socket takes now of b, without waiting.

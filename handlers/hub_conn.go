@@ -9,6 +9,7 @@ import (
 	"os"
 	"reflect"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -19,15 +20,33 @@ import (
 // write of a connection return at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// sharedWriters reports whether the stream of r goes to the hub: an
-// HTTP/1.1 response without TLS whose body the server sends in chunks as
-// written (nothing in front compresses it or gave it a length).
-func (h *Poll) sharedWriters(w http.ResponseWriter, r *http.Request, p reader) bool {
-	if h.StreamWriters < 0 || p.cache == nil || r.TLS != nil || r.ProtoMajor != 1 || r.ProtoMinor < 1 {
+// sharedWriters reports whether the stream of r may go to the hub: an
+// HTTP/1.1 request without TLS, on a handler whose writers are on. (The
+// response is checked too, once its headers are out: hijackable.)
+func (h *Poll) sharedWriters(r *http.Request, p feed) bool {
+	rd, ok := p.(reader)
+	return ok && rd.cache != nil && h.StreamWriters >= 0 && r.TLS == nil && r.ProtoMajor == 1 && r.ProtoMinor >= 1
+}
+
+// hijackable reports whether the response's body, its headers out, goes
+// to the connection in chunks as written: nothing in front compresses it,
+// gave it a length, or holds it in a buffer.
+func hijackable(w http.ResponseWriter) bool {
+	hd := w.Header()
+	if hd.Get("Content-Encoding") != "" || hd.Get("Content-Length") != "" || hd.Get("Transfer-Encoding") != "" {
 		return false
 	}
-	hd := w.Header()
-	return hd.Get("Content-Encoding") == "" && hd.Get("Content-Length") == "" && hd.Get("Transfer-Encoding") == ""
+	for i := 0; w != nil && i < 32; i++ {
+		if b, ok := w.(interface{ Buffered() bool }); ok && b.Buffered() {
+			return false
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			break
+		}
+		w = u.Unwrap()
+	}
+	return true
 }
 
 // streamConn serves a stream on its hijacked HTTP/1.1 connection, whose
@@ -37,21 +56,35 @@ func (h *Poll) sharedWriters(w http.ResponseWriter, r *http.Request, p reader) b
 func (h *Poll) streamConn(hc net.Conn, p reader, since uint64) {
 	c, raw := rawConn(hc)
 	defer c.Close()
-	// A stop ends a read or a write in progress, and every later one.
-	stopPoke := context.AfterFunc(h.stopping, func() { _ = c.SetDeadline(aLongTimeAgo) })
+	// A stop ends a read or a write in progress, and every later one,
+	// until the stream is done with the connection.
+	var pokeMu sync.Mutex
+	finished := false
+	stopPoke := context.AfterFunc(h.stopping, func() {
+		pokeMu.Lock()
+		defer pokeMu.Unlock()
+		if !finished {
+			_ = c.SetDeadline(aLongTimeAgo)
+		}
+	})
 	defer stopPoke()
 	cw := &connWriter{c: c, timeout: time.Duration(h.WriteTimeout), stopping: h.stopping}
 	sink := &sseSink{h: h, bw: bufio.NewWriterSize(cw, 4<<10), dw: cw, envelope: h.Envelope}
 	s := &hubStream{raw: raw, keep: p.keep, poke: func() { _ = c.SetReadDeadline(aLongTimeAgo) }}
 	// The client's going away shows as a failed write, or as the end of
-	// the read that waits while the hub writes.
+	// the read that waits while the hub writes, or (without the hub) as
+	// the end of watchClient's read.
 	ctx := context.Background()
+	var pending []byte // the rest of a chunk the hub began, when the stream ends
 	var end endReason
 	for {
-		if raw == nil || h.StreamWriters < 0 {
+		if raw == nil {
+			var cancel func()
+			ctx, cancel = watchClient(c)
 			keep := time.NewTicker(time.Duration(h.KeepAlive))
 			end = h.follow(ctx, p, &since, sink, keep.C, false)
 			keep.Stop()
+			cancel()
 			break
 		}
 		if end = h.follow(ctx, p, &since, sink, nil, true); end != endIdle {
@@ -68,38 +101,75 @@ func (h *Poll) streamConn(hc net.Conn, p reader, since uint64) {
 				end = endStopped
 				break
 			}
-			raw = nil // another bus than the hub's: write it here
+			if p.closed() {
+				end = endClosed
+				break
+			}
+			raw = nil // the hub's writers ended with another bus: write it here
 			continue
 		}
-		if end = s.wait(c, h.stopping); end != endIdle {
+		end = s.wait(h, c)
+		if end == endClient {
 			break
 		}
 		since = s.since
+		if end == endStopped {
+			pending = s.out
+			break
+		}
 		if len(s.out) > 0 && cw.writeRaw(s.out) != nil || s.err != nil {
 			end = endClient
 			break
 		}
 	}
-	if end == endClient && h.stopping.Err() != nil {
-		end = endStopped // a write the stop cut short
+	if end == endClient && h.stopping.Err() != nil && cw.err == nil {
+		end = endStopped
 	}
 	if cw.dropped() {
 		h.logger.Debug("dropped a stream client that did not read", zap.String("remote", c.RemoteAddr().String()), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
 	}
-	if end == endStopped || end == endClosed {
-		// The end of the chunked body, if the socket takes it now: the
-		// client sees a clean end, and may reconnect.
-		_ = c.SetWriteDeadline(time.Time{})
+	pokeMu.Lock()
+	finished = true
+	pokeMu.Unlock()
+	if (end == endStopped || end == endClosed) && cw.err == nil {
+		// The end of the chunked body, after the rest of a chunk the hub
+		// began, if the socket takes it now: the client sees a clean end,
+		// and reconnects.
+		_ = c.SetDeadline(time.Time{})
+		last := append(pending, "0\r\n\r\n"...)
 		if raw != nil {
-			_, _ = writeNow(raw, []byte("0\r\n\r\n"))
+			_, _ = writeNow(raw, last)
+		} else {
+			_ = c.SetWriteDeadline(time.Now().Add(stopEndGrace))
+			_, _ = c.Write(last)
 		}
+	}
+}
+
+// watchClient returns a context cancelled when the client closes c (or
+// sends something: a client has nothing to say on a stream), and the
+// function that stops watching. It is for a stream that no hub reads.
+func watchClient(c net.Conn) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var b [1]byte
+		_, _ = c.Read(b[:])
+		cancel()
+	}()
+	return ctx, func() {
+		cancel()
+		_ = c.SetReadDeadline(aLongTimeAgo)
+		<-done
 	}
 }
 
 // wait waits, while the hub writes s, for the hub to hand it back
 // (endIdle: s.since, s.out and s.err say where it is), for the client to
-// go away (endClient), or for Caddy to stop (endStopped).
-func (s *hubStream) wait(c net.Conn, stopping context.Context) endReason {
+// go away (endClient), or for Caddy to stop (endStopped; s.out may hold
+// the rest of a chunk).
+func (s *hubStream) wait(h *Poll, c net.Conn) endReason {
 	var buf [512]byte
 	for {
 		_, err := c.Read(buf[:])
@@ -111,13 +181,17 @@ func (s *hubStream) wait(c net.Conn, stopping context.Context) endReason {
 		if st == inHub {
 			s.state = left
 			stats.shared.Add(-1)
+			h.hub.n.Add(-1)
 		}
 		s.mu.Unlock()
 		if st == handedBack && isTimeout(err) {
 			_ = c.SetReadDeadline(time.Time{})
 		}
 		switch {
-		case stopping.Err() != nil:
+		case h.stopping.Err() != nil:
+			if st != handedBack {
+				s.out = nil // the hub wrote whole chunks
+			}
 			return endStopped
 		case st == handedBack && isTimeout(err):
 			return endIdle
@@ -134,10 +208,9 @@ func isTimeout(err error) bool {
 
 // rawConn is the connection to write, and its raw form for writes that do
 // not wait (nil when there is none: the stream's goroutine writes it all).
-// Caddy's record of a hijacked connection, which only counts the bytes
-// for its access log, is looked through.
+// Caddy's own wrappers, which pass writes through, are looked through.
 func rawConn(c net.Conn) (net.Conn, syscall.RawConn) {
-	for range 3 {
+	for range 4 {
 		switch t := c.(type) {
 		case *net.TCPConn:
 			if raw, err := t.SyscallConn(); err == nil {
@@ -150,8 +223,15 @@ func rawConn(c net.Conn) (net.Conn, syscall.RawConn) {
 			}
 			return c, nil
 		}
+		// Caddy's wrappers that pass writes through as they are: its
+		// record of a hijacked connection (it counts bytes for the access
+		// log), and the one that looks for an h2c preface on a server
+		// without h2c.
 		v := reflect.ValueOf(c)
-		if v.Kind() != reflect.Pointer || v.Type().String() != "*caddyhttp.hijackedConn" || v.IsNil() {
+		if v.Kind() != reflect.Pointer || v.IsNil() {
+			return c, nil
+		}
+		if t := v.Type().String(); t != "*caddyhttp.hijackedConn" && t != "*caddyhttp.http2Conn" {
 			return c, nil
 		}
 		inner, ok := v.Elem().FieldByName("Conn").Interface().(net.Conn)

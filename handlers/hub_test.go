@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -69,13 +70,14 @@ func (c *sseClient) next() (sseEvent, error) {
 	return ev, io.EOF
 }
 
-// waitShared waits until n streams are written by the shared writers.
-func waitShared(t *testing.T, n int64) {
+// waitShared waits until n streams of h are written by the shared
+// writers.
+func waitShared(t *testing.T, h *Poll, n int64) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for ReadStats().SharedStreams != n {
+	for h.hub.n.Load() != n {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d streams written by the shared writers, want %d", ReadStats().SharedStreams, n)
+			t.Fatalf("%d streams written by the shared writers, want %d", h.hub.n.Load(), n)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -88,7 +90,7 @@ func joinedStream(t *testing.T, h *Poll) (*testApp, *sseClient, chan struct{}) {
 	use(t, app, h)
 	srv, done := pollServer(t, h)
 	c := openSSE(t, srv.URL+"/e")
-	waitShared(t, 1)
+	waitShared(t, h, 1)
 	return app, c, done
 }
 
@@ -105,7 +107,7 @@ func TestHubFanOut(t *testing.T) {
 	for range clients {
 		cs = append(cs, openSSE(t, srv.URL+"/e?source=p"))
 	}
-	waitShared(t, clients)
+	waitShared(t, h, clients)
 	first := post(t, app, "p", "e", "0")
 	for i := 1; i < n; i++ {
 		post(t, app, "q", "e", "filtered out")
@@ -126,14 +128,15 @@ func TestHubFanOut(t *testing.T) {
 	for range clients {
 		waitDone(t, done, 10*time.Second, "a client that went away")
 	}
-	waitShared(t, 0)
+	waitShared(t, h, 0)
 }
 
 // TestHubHandsBack: an event the hub does not write (too large for the
 // read cache, or in a blob file) goes out from the stream's own goroutine,
 // in order, and the stream joins the hub again.
 func TestHubHandsBack(t *testing.T) {
-	app, c, _ := joinedStream(t, &Poll{})
+	h := &Poll{}
+	app, c, _ := joinedStream(t, h)
 	sizes := []int{10, readCacheMaxData + 1, 10, 200 << 10, 10}
 	var seqs []uint64
 	for i, n := range sizes {
@@ -145,7 +148,7 @@ func TestHubHandsBack(t *testing.T) {
 			t.Fatalf("event %d: id %s, %d bytes, %v", i, ev.id, len(ev.data), err)
 		}
 	}
-	waitShared(t, 1)
+	waitShared(t, h, 1)
 }
 
 // TestHubSlowClient: a client that stops reading fills its socket, is
@@ -159,7 +162,7 @@ func TestHubSlowClient(t *testing.T) {
 	before := ReadStats().SlowClientsDropped
 	dialSlow(t, srv, "/e", 4096)
 	fast := openSSE(t, srv.URL+"/e")
-	waitShared(t, 2)
+	waitShared(t, h, 2)
 	payload := strings.Repeat("x", 4000) // kept in the read cache: the hub writes it
 	const n = 400                        // 1.6 MB, far more than the slow client's buffers
 	first := post(t, app, "p", "e", payload)
@@ -176,7 +179,41 @@ func TestHubSlowClient(t *testing.T) {
 	if got := ReadStats().SlowClientsDropped - before; got != 1 {
 		t.Fatalf("slow clients dropped: %d", got)
 	}
-	waitShared(t, 1)
+	waitShared(t, h, 1)
+}
+
+// TestHubStalledClientCatchesUp: a client that stalls long enough for its
+// socket to take only part of a chunk, then reads again, gets every event
+// whole and in order (the rest of the chunk first, from the stream's own
+// goroutine), and its stream joins the hub again.
+func TestHubStalledClientCatchesUp(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{WriteTimeout: caddy.Duration(time.Minute)}
+	use(t, app, h)
+	srv, _ := pollServer(t, h)
+	c := dialSlow(t, srv, "/e", 4096)
+	waitShared(t, h, 1)
+	payload := strings.Repeat("y", 3000)
+	const n = 300
+	first := post(t, app, "p", "e", payload)
+	for range n - 1 {
+		post(t, app, "p", "e", payload)
+	}
+	waitShared(t, h, 0) // its socket is full: handed back
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &sseClient{resp: resp, sc: bufio.NewScanner(resp.Body)}
+	sc.sc.Buffer(nil, 1<<20)
+	for i := range n {
+		ev, err := sc.next()
+		if err != nil || ev.id != strconv.FormatUint(first+uint64(i), 10) || ev.data != payload {
+			t.Fatalf("event %d: id %s, %d bytes, %v", i, ev.id, len(ev.data), err)
+		}
+	}
+	waitShared(t, h, 1)
 }
 
 // TestHubClientGone: a client that goes away while the hub writes its
@@ -186,27 +223,37 @@ func TestHubClientGone(t *testing.T) {
 	_, c, done := joinedStream(t, h)
 	c.resp.Body.Close()
 	waitDone(t, done, 5*time.Second, "a client that went away")
-	waitShared(t, 0)
+	waitShared(t, h, 0)
 	if n := h.open.Load(); n != 0 {
 		t.Fatalf("%d streams still counted", n)
 	}
 }
 
-// TestHubStop: a stop (a reload) ends the streams in the hub with the end
-// of the chunked body, so clients see a clean end.
-func TestHubStop(t *testing.T) {
-	h := &Poll{}
-	app, c, done := joinedStream(t, h)
-	seq := post(t, app, "p", "e", "before")
-	if ev, err := c.next(); err != nil || ev.id != strconv.FormatUint(seq, 10) {
-		t.Fatalf("%+v %v", ev, err)
+// TestHubEnds: a stop (a reload), or the bus closing, ends the streams in
+// the hub with the end of the chunked body, so clients see a clean end.
+func TestHubEnds(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		end  func(*Poll, *testApp)
+	}{
+		{"stop", func(h *Poll, _ *testApp) { h.stop() }},
+		{"bus closed", func(_ *Poll, app *testApp) { app.bus.Close(0) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &Poll{}
+			app, c, done := joinedStream(t, h)
+			seq := post(t, app, "p", "e", "before")
+			if ev, err := c.next(); err != nil || ev.id != strconv.FormatUint(seq, 10) {
+				t.Fatalf("%+v %v", ev, err)
+			}
+			tc.end(h, app)
+			waitDone(t, done, 5*time.Second, tc.name)
+			if _, err := c.next(); !errors.Is(err, io.EOF) {
+				t.Fatalf("the body ended with %v, not a clean end", err)
+			}
+			waitShared(t, h, 0)
+		})
 	}
-	h.stop()
-	waitDone(t, done, 5*time.Second, "stopping")
-	if _, err := c.next(); !errors.Is(err, io.EOF) {
-		t.Fatalf("the body ended with %v, not a clean end", err)
-	}
-	waitShared(t, 0)
 }
 
 // TestHubKeepAlive: an idle stream in the hub gets keep-alive comments.
@@ -222,27 +269,68 @@ func TestHubKeepAlive(t *testing.T) {
 	}
 }
 
+// compressing stands for a handler in front that decides, when the
+// headers are written, to compress the response (as encode does).
+type compressing struct{ http.ResponseWriter }
+
+func (c compressing) WriteHeader(code int) {
+	c.Header().Set("Content-Encoding", "br")
+	c.ResponseWriter.WriteHeader(code)
+}
+func (c compressing) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// buffering stands for a handler in front that holds the response in a
+// buffer (as intercept does): it says so.
+type buffering struct{ http.ResponseWriter }
+
+func (b buffering) Buffered() bool              { return true }
+func (b buffering) Unwrap() http.ResponseWriter { return b.ResponseWriter }
+
+// opaqueConn is a connection of a listener wrapper the handler cannot see
+// through: hijacked, but written by the stream's own goroutine.
+type opaqueConn struct{ net.Conn }
+
+type opaqueListener struct{ net.Listener }
+
+func (l opaqueListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return opaqueConn{c}, nil
+}
+
 // TestHubNotUsed: with stream_writers off, or when something before the
-// handler compresses the response, each stream writes itself.
+// handler compresses or buffers the response, or when the connection
+// cannot be written directly, each stream writes itself, and ends cleanly.
 func TestHubNotUsed(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		writers int
-		header  string
+		wrap    func(http.ResponseWriter) http.ResponseWriter
+		opaque  bool
 	}{
-		{"off", -1, ""},
-		{"compressed", 0, "br"}, // as by an encode handler before it
+		{"off", -1, nil, false},
+		{"compressed", 0, func(w http.ResponseWriter) http.ResponseWriter { return compressing{w} }, false},
+		{"buffered", 0, func(w http.ResponseWriter) http.ResponseWriter { return buffering{w} }, false},
+		{"opaque connection", 0, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			app := newTestApp(t)
 			h := &Poll{StreamWriters: tc.writers}
 			use(t, app, h)
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if tc.header != "" {
-					w.Header().Set("Content-Encoding", tc.header)
+			done := make(chan struct{}, 1)
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				defer func() { done <- struct{}{} }()
+				if tc.wrap != nil {
+					w = tc.wrap(w)
 				}
 				_ = h.ServeHTTP(w, r, nil)
 			}))
+			if tc.opaque {
+				srv.Listener = opaqueListener{srv.Listener}
+			}
+			srv.Start()
 			t.Cleanup(srv.Close)
 			c := openSSE(t, srv.URL+"/e?since="+strconv.FormatUint(app.bus.Tail(), 10))
 			time.Sleep(100 * time.Millisecond) // would have joined the hub by now
@@ -254,9 +342,34 @@ func TestHubNotUsed(t *testing.T) {
 					t.Fatalf("event %d: %+v %v", i, ev, err)
 				}
 			}
-			if n := ReadStats().SharedStreams; n != 0 {
+			if n := h.hub.n.Load(); n != 0 {
 				t.Fatalf("%d streams in the hub", n)
+			}
+			h.stop()
+			waitDone(t, done, 5*time.Second, "stopping")
+			if _, err := c.next(); !errors.Is(err, io.EOF) {
+				t.Fatalf("the body ended with %v, not a clean end", err)
 			}
 		})
 	}
+}
+
+// TestHubOpaqueClientGone: a stream on a connection the handler cannot
+// write directly ends as soon as its client goes away.
+func TestHubOpaqueClientGone(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{}
+	use(t, app, h)
+	done := make(chan struct{}, 1)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() { done <- struct{}{} }()
+		_ = h.ServeHTTP(w, r, nil)
+	}))
+	srv.Listener = opaqueListener{srv.Listener}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c := openSSE(t, srv.URL+"/e")
+	time.Sleep(100 * time.Millisecond)
+	c.resp.Body.Close()
+	waitDone(t, done, 5*time.Second, "a client that went away")
 }

@@ -140,6 +140,10 @@ func release(mine *atomic.Int64) {
 	stats.open.Add(-1)
 }
 
+// stopEndGrace is how long the end of a stream's body may take to go out
+// after a stop.
+const stopEndGrace = 100 * time.Millisecond
+
 // writeChunk bounds each write under one deadline, so that a slow client
 // that keeps reading is not dropped for a large event.
 const writeChunk = 64 << 10
@@ -190,8 +194,14 @@ func newDeadlineWriter(w http.ResponseWriter, timeout time.Duration, stopping co
 		mu.Unlock()
 		// What the server writes after the handler (the end of a chunked
 		// body) is bounded too; the server clears the deadline after the
-		// request, before the connection serves another.
-		if d.err == nil {
+		// request, before the connection serves another. After a stop
+		// that cut no write, the end gets a moment, so that the client
+		// sees a clean end rather than a cut.
+		switch {
+		case d.err != nil:
+		case stopping != nil && stopping.Err() != nil:
+			_ = d.rc.SetWriteDeadline(time.Now().Add(stopEndGrace))
+		default:
 			d.arm()
 		}
 	}

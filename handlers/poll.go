@@ -182,8 +182,9 @@ type Poll struct {
 	// to its own goroutine (and the usual write_timeout) until it has
 	// caught up again. The connection of such a stream is taken over
 	// from the HTTP server (hijacked), so it is not reused after the
-	// stream, and the access log shows only its headers' size. Default:
-	// one per core, at most 4; -1 (Caddyfile: off) leaves every stream to
+	// stream (the answer says Connection: close), and the access log
+	// shows a size of 0 for it. Default:
+	// one per two cores, at least 1, at most 4; -1 (Caddyfile: off) leaves every stream to
 	// its own goroutine. HTTP/2, HTTP/3, TLS, WebSocket, alerts, and a
 	// response another handler compresses are always written by their
 	// own goroutine.
@@ -619,21 +620,25 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key stri
 
 func (h *Poll) stream(w http.ResponseWriter, r *http.Request, p feed, envelope bool, since uint64) {
 	h.headers(w, true)
+	shared := h.sharedWriters(r, p)
+	if shared {
+		w.Header().Set("Connection", "close") // taken over below: not reused after the stream
+	}
 	dw, done := newDeadlineWriter(pastIdleWriter(w, r), time.Duration(h.WriteTimeout), h.stopping)
 	w.WriteHeader(http.StatusOK)
 	if dw.Flush() != nil {
 		done()
 		return // the headers are out: nothing else can be said
 	}
-	if rd, ok := p.(reader); ok && h.sharedWriters(w, r, rd) {
+	if shared && hijackable(w) {
 		done() // before the hijack, which clears the deadlines it leaves
 		c, _, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			h.logger.Debug("ending a stream: its connection could not be taken over", zap.Error(err))
+		if err == nil {
+			h.streamConn(c, p.(reader), since)
 			return
 		}
-		h.streamConn(c, rd, since)
-		return
+		h.logger.Debug("a stream's connection could not be taken over: it writes itself", zap.Error(err))
+		dw, done = newDeadlineWriter(pastIdleWriter(w, r), time.Duration(h.WriteTimeout), h.stopping)
 	}
 	defer done()
 	defer func() {

@@ -86,7 +86,11 @@ func reloadLeavesNothing(t *testing.T, n *node, streams bool) {
 				}
 				ended = append(ended, ch)
 			}
-			time.Sleep(100 * time.Millisecond)
+			for deadline := time.Now().Add(10 * time.Second); a.stats().HTTP.SharedStreams != 2; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d streams with the shared writers, want 2", a.stats().HTTP.SharedStreams)
+				}
+			}
 			seq := a.publish(t, "source=leak&event=e", "x")
 			for _, ch := range ended {
 				if ev := next(t, ch); ev.id != fmt.Sprint(seq) {
