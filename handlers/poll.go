@@ -514,7 +514,12 @@ func writePage(bw *bufio.Writer, p feed, key string, first *event, next, lost ui
 		if n > 0 {
 			bw.WriteByte(',')
 		}
-		err := writeEventJSON(bw, ev)
+		var err error
+		if j := ev.cachedJSON(); j != nil {
+			bw.Write(j)
+		} else {
+			err = writeEventJSON(bw, ev)
+		}
 		ev.close()
 		if err != nil {
 			return err
