@@ -205,15 +205,35 @@ func isJSON(r *http.Request) bool {
 
 // mediaType is the media type of the request's Content-Type, as
 // mime.ParseMediaType gives it ("" when there is none, or it does not
-// parse), without parsing the usual bare "application/json" or nothing.
+// parse), without parsing a bare lower-case type (the usual
+// "application/json" or "text/plain"): that is its own media type.
 func mediaType(r *http.Request) string {
-	switch ct := r.Header.Get("Content-Type"); ct {
-	case "", "application/json":
+	ct := r.Header.Get("Content-Type")
+	if bareMediaType(ct) {
 		return ct
-	default:
-		mt, _, _ := mime.ParseMediaType(ct)
-		return mt
 	}
+	mt, _, _ := mime.ParseMediaType(ct)
+	return mt
+}
+
+// bareMediaType reports whether ct is a media type without parameters,
+// already lower-case: a token, or two joined by a slash (RFC 2045).
+func bareMediaType(ct string) bool {
+	slash := strings.IndexByte(ct, '/')
+	if slash == 0 || slash == len(ct)-1 || ct == "" {
+		return false
+	}
+	for i := 0; i < len(ct); i++ {
+		c := ct[i]
+		switch {
+		case i == slash:
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Interface guards

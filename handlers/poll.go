@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -565,6 +566,7 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key stri
 	defer timer.Stop()
 	var ev *event
 	var lost uint64
+	woken := false // by a change: others may have been too
 	answer := func() {
 		out := pageOut{w: w, dw: deadlineWriter{w: pastIdleWriter(w, r), timeout: time.Duration(h.WriteTimeout)}}
 		out.dw.rc = http.NewResponseController(out.dw.w)
@@ -585,6 +587,13 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key stri
 		since = next
 		if ev != nil || lost > 0 || p.closed() {
 			answer()
+			if woken {
+				// An event wakes every long-poll waiting for it at once:
+				// let the others write their answers before this one
+				// finishes its request (the server's and Caddy's work
+				// after the handler), so that its tail does not delay them.
+				runtime.Gosched()
+			}
 			return
 		}
 		select { // after the read, so that timeout=0 answers what is there
@@ -603,6 +612,7 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key stri
 		}
 		select {
 		case <-changed:
+			woken = true
 		case <-timer.C:
 			answer()
 			return

@@ -1,6 +1,8 @@
 package handlers
 
 import (
+	"mime"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -36,6 +38,24 @@ func TestQueryScan(t *testing.T) {
 			if g, w := queryHas(raw, key), want.Has(key); g != w {
 				t.Errorf("queryHas(%.40q, %q) = %v, want %v", raw, key, g, w)
 			}
+		}
+	}
+}
+
+func TestMediaType(t *testing.T) {
+	for _, ct := range []string{
+		"", "application/json", "text/plain", "application/x-ndjson", "application/jsonl", "application/cloudevents+json",
+		"Application/JSON", "application/json; charset=utf-8", " application/json", "application/json ",
+		"text", "text/", "/json", "a/b/c", "a b/c+json", "text/plain;", "application/vnd.api+json", "x/y\x00",
+		"application/*", "é/json",
+	} {
+		r, _ := http.NewRequest("POST", "/", nil)
+		if ct != "" {
+			r.Header.Set("Content-Type", ct)
+		}
+		want, _, _ := mime.ParseMediaType(ct)
+		if got := mediaType(r); got != want {
+			t.Errorf("mediaType(%q) = %q, want %q", ct, got, want)
 		}
 	}
 }
