@@ -534,7 +534,7 @@ func writePage(bw *bufio.Writer, p feed, key string, first *event, next, lost ui
 		ev, next, l = p.read(next)
 		lost += l
 	}
-	b := strconv.AppendUint([]byte(`],"next":`), next, 10)
+	b := strconv.AppendUint(append(bw.AvailableBuffer(), `],"next":`...), next, 10)
 	b = append(b, `,"lost":`...)
 	b = strconv.AppendUint(b, lost, 10)
 	b = append(b, "}\n"...)
