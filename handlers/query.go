@@ -31,7 +31,7 @@ func queryScan(raw, key string, fn func(string) bool) {
 			continue
 		}
 		k, v, _ := strings.Cut(pair, "=")
-		if strings.ContainsAny(k, "%+") {
+		if escaped(k) {
 			var err error
 			if k, err = url.QueryUnescape(k); err != nil {
 				continue
@@ -40,7 +40,7 @@ func queryScan(raw, key string, fn func(string) bool) {
 		if k != key {
 			continue
 		}
-		if strings.ContainsAny(v, "%+") {
+		if escaped(v) {
 			var err error
 			if v, err = url.QueryUnescape(v); err != nil {
 				continue
@@ -50,6 +50,16 @@ func queryScan(raw, key string, fn func(string) bool) {
 			return
 		}
 	}
+}
+
+// escaped reports whether a query key or value holds an escape (% or +).
+func escaped(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' || s[i] == '+' {
+			return true
+		}
+	}
+	return false
 }
 
 // queryGet is the first value of the query parameter key in raw, as
