@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime"
 	"net/http"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
@@ -33,12 +32,10 @@ type batchItem struct {
 
 // isBatch reports whether r is a batch publish.
 func isBatch(r *http.Request) bool {
-	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if mt == "application/x-ndjson" || mt == "application/jsonl" {
+	if mt := mediaType(r); mt == "application/x-ndjson" || mt == "application/jsonl" {
 		return true
 	}
-	_, ok := r.URL.Query()["batch"]
-	return ok && isJSON(r)
+	return queryHas(r.URL.RawQuery, "batch") && isJSON(r)
 }
 
 // postBatch answers a batch publish.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -138,8 +139,18 @@ func (h *Broadcast) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 		writeError(w, r, err)
 		return nil
 	}
-	writeJSON(w, http.StatusOK, map[string]uint64{"seq": seq})
+	writeSeq(w, seq)
 	return nil
+}
+
+// writeSeq answers {"seq":N}, as writeJSON would, without encoding a map.
+func writeSeq(w http.ResponseWriter, seq uint64) {
+	var sb [40]byte
+	b := strconv.AppendUint(append(sb[:0], `{"seq":`...), seq, 10)
+	b = append(b, "}\n"...)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
 }
 
 func (h *Broadcast) post(w http.ResponseWriter, r *http.Request) (uint64, *Error) {
@@ -188,8 +199,41 @@ func (h *Broadcast) post(w http.ResponseWriter, r *http.Request) (uint64, *Error
 }
 
 func isJSON(r *http.Request) bool {
-	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	mt := mediaType(r)
 	return mt == "application/json" || strings.HasSuffix(mt, "+json")
+}
+
+// mediaType is the media type of the request's Content-Type, as
+// mime.ParseMediaType gives it ("" when there is none, or it does not
+// parse), without parsing a bare lower-case type (the usual
+// "application/json" or "text/plain"): that is its own media type.
+func mediaType(r *http.Request) string {
+	ct := r.Header.Get("Content-Type")
+	if bareMediaType(ct) {
+		return ct
+	}
+	mt, _, _ := mime.ParseMediaType(ct)
+	return mt
+}
+
+// bareMediaType reports whether ct is a media type without parameters,
+// already lower-case: a token, or two joined by a slash (RFC 2045).
+func bareMediaType(ct string) bool {
+	slash := strings.IndexByte(ct, '/')
+	if slash == 0 || slash == len(ct)-1 || ct == "" {
+		return false
+	}
+	for i := 0; i < len(ct); i++ {
+		c := ct[i]
+		switch {
+		case i == slash:
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Interface guards

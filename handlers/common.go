@@ -107,7 +107,7 @@ func value(r *http.Request, configured, query string) string {
 		}
 		return configured
 	}
-	return r.URL.Query().Get(query)
+	return queryGet(r.URL.RawQuery, query)
 }
 
 // values is like value for lists: the configured ones (placeholders
@@ -128,13 +128,14 @@ func values(r *http.Request, configured []string, query string) (out []string, e
 		}
 		return out, len(out) == 0
 	}
-	for _, v := range r.URL.Query()[query] {
-		for _, p := range strings.Split(v, ",") {
+	queryScan(r.URL.RawQuery, query, func(v string) bool {
+		for p := range strings.SplitSeq(v, ",") {
 			if p = strings.TrimSpace(p); p != "" {
 				out = append(out, p)
 			}
 		}
-	}
+		return true
+	})
 	return out, false
 }
 

@@ -19,8 +19,9 @@ func writeEventJSON(w *bufio.Writer, e *event) error {
 	if err != nil {
 		return err
 	}
-	var sb [512]byte
-	b := append(sb[:0], `{"seq":`...)
+	// The fields are appended to the writer's free buffer, not to one of
+	// their own (which would escape to the heap through Write).
+	b := append(w.AvailableBuffer(), `{"seq":`...)
 	b = strconv.AppendUint(b, e.Seq, 10)
 	if e.alert {
 		b = append(b, `,"name":`...)
@@ -52,7 +53,7 @@ func writeEventJSON(w *bufio.Writer, e *event) error {
 	if err != nil {
 		return err
 	}
-	b = sb[:0]
+	b = w.AvailableBuffer()
 	if kind == kindBinary {
 		b = append(b, `,"data_encoding":"`+EncodingBase64+`"`...)
 	}
@@ -83,10 +84,19 @@ func writeEventJSON(w *bufio.Writer, e *event) error {
 // writeJSONText writes valid UTF-8 text escaped for a JSON string (without
 // its quotes), a piece at a time.
 func writeJSONText(w *bufio.Writer, data []byte) {
-	var sb [4096 + 16]byte
 	for len(data) > 0 {
-		b := sb[:0]
-		for len(data) > 0 && len(b) < 4096 {
+		// Escaped into the writer's free buffer (one of its own would
+		// escape to the heap through Write).
+		b := w.AvailableBuffer()
+		if cap(b) < 64 {
+			if w.Flush() == nil {
+				b = w.AvailableBuffer()
+			}
+			if cap(b) < 64 { // a tiny writer, or a failed one
+				b = make([]byte, 0, 4096)
+			}
+		}
+		for len(data) > 0 && len(b)+6 <= cap(b) { // an escaped rune takes at most 6 bytes
 			r, n := rune(data[0]), 1
 			if r >= utf8.RuneSelf {
 				r, n = utf8.DecodeRune(data)

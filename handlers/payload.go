@@ -58,6 +58,15 @@ func openAlert(c *ipc.IPC, a *ipc.AlertRef) (*event, error) {
 	return ev, nil
 }
 
+// cachedJSON is the event's JSON object as the handler's read cache
+// holds it, encoded once for all its long-polls (nil: encode it).
+func (e *event) cachedJSON() []byte {
+	if e.cached == nil || e.alert || e.cached.ev != e.Event {
+		return nil
+	}
+	return e.cached.eventJSON()
+}
+
 func (e *event) close() {
 	if e != nil && e.f != nil {
 		e.f.Close()

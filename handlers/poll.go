@@ -3,13 +3,14 @@ package handlers
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"os"
 	"path"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -354,7 +355,6 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		writeError(w, r, httpErr(http.StatusServiceUnavailable, errNotRunning))
 		return nil
 	}
-	q := r.URL.Query()
 	since, err := h.since(r, tail)
 	if err != nil {
 		writeError(w, r, err)
@@ -364,7 +364,7 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	stream := ws || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 	timeout, limit := time.Duration(h.Timeout), h.Limit
 	if !stream {
-		if v := q.Get("timeout"); v != "" {
+		if v := queryGet(r.URL.RawQuery, "timeout"); v != "" {
 			d, err := parseTimeout(v)
 			if err != nil || d < 0 || d > time.Duration(h.MaxTimeout) {
 				writeError(w, r, httpErr(http.StatusBadRequest, fmt.Errorf("timeout=%q: give a duration (30s) or seconds (30), from 0 to %v", v, time.Duration(h.MaxTimeout))))
@@ -372,7 +372,7 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 			}
 			timeout = d
 		}
-		if v := q.Get("limit"); v != "" {
+		if v := queryGet(r.URL.RawQuery, "limit"); v != "" {
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {
 				writeError(w, r, httpErr(http.StatusBadRequest, fmt.Errorf("limit=%q: give a number of events from 1 (answers carry at most %d)", v, h.Limit)))
@@ -413,7 +413,7 @@ func (h *Poll) since(r *http.Request, tail func() uint64) (uint64, *Error) {
 		}
 		return id + 1, nil
 	}
-	if v := r.URL.Query().Get("since"); v != "" {
+	if v := queryGet(r.URL.RawQuery, "since"); v != "" {
 		s, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
 			return 0, httpErr(http.StatusBadRequest, fmt.Errorf("since=%q is not a sequence number", v))
@@ -508,14 +508,22 @@ func readOne[T any](since uint64, rng func(uint64) ([]T, uint64, uint64), open f
 	}
 }
 
+// pageBufSize is the buffer of a page being written: a page that fits
+// goes out in one write.
+const pageBufSize = 16 << 10
+
+// pageBufs are the buffers of pages being written, kept between
+// requests: a long-poll answer is written at every event.
+var pageBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, pageBufSize) }}
+
 // writePage writes a page, {"<key>":[…],"next":N,"lost":L} (key is
-// "events", or "alerts"), one event at a time: first (if any), then what
+// "events", or "alerts"), one event at a time, into bw, whose owner
+// flushes it: first (if any), then what
 // p reads from next on, until limit
 // events, about maxBytes of payload (an event that would pass it waits
 // for the next page, unless it is the first), or the end of the ring.
 // It closes the events it writes or leaves.
-func writePage(w io.Writer, p feed, key string, first *event, next, lost uint64, limit int, maxBytes int64) error {
-	bw := bufio.NewWriterSize(w, 16<<10)
+func writePage(bw *bufio.Writer, p feed, key string, first *event, next, lost uint64, limit int, maxBytes int64) error {
 	bw.WriteString(`{"` + key + `":[`)
 	n, size := 0, int64(0)
 	for ev := first; ev != nil; {
@@ -527,7 +535,12 @@ func writePage(w io.Writer, p feed, key string, first *event, next, lost uint64,
 		if n > 0 {
 			bw.WriteByte(',')
 		}
-		err := writeEventJSON(bw, ev)
+		var err error
+		if j := ev.cachedJSON(); j != nil {
+			bw.Write(j)
+		} else {
+			err = writeEventJSON(bw, ev)
+		}
 		ev.close()
 		if err != nil {
 			return err
@@ -541,12 +554,12 @@ func writePage(w io.Writer, p feed, key string, first *event, next, lost uint64,
 		ev, next, l = p.read(next)
 		lost += l
 	}
-	b := strconv.AppendUint([]byte(`],"next":`), next, 10)
+	b := strconv.AppendUint(append(bw.AvailableBuffer(), `],"next":`...), next, 10)
 	b = append(b, `,"lost":`...)
 	b = strconv.AppendUint(b, lost, 10)
 	b = append(b, "}\n"...)
-	bw.Write(b)
-	return bw.Flush()
+	_, err := bw.Write(b)
+	return err
 }
 
 // WritePage answers with a page of the events after since, as GET
@@ -558,7 +571,13 @@ func WritePage(w http.ResponseWriter, bus *events.Bus, since uint64, limit int, 
 	w.Header().Set("Cache-Control", "no-store")
 	p := reader{bus: bus}
 	ev, next, lost := p.read(since)
-	return writePage(w, p, "events", ev, next, lost, limit, maxBytes)
+	bw := pageBufs.Get().(*bufio.Writer)
+	bw.Reset(w)
+	defer func() { bw.Reset(nil); pageBufs.Put(bw) }()
+	if err := writePage(bw, p, "events", ev, next, lost, limit, maxBytes); err != nil {
+		return err
+	}
+	return bw.Flush()
 }
 
 func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key string, since uint64, timeout time.Duration, limit int) {
@@ -567,13 +586,13 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key stri
 	defer timer.Stop()
 	var ev *event
 	var lost uint64
+	woken := false // by a change: others may have been too
 	answer := func() {
-		dw, done := newDeadlineWriter(w, time.Duration(h.WriteTimeout), nil)
-		defer done()
-		w.WriteHeader(http.StatusOK)
-		if err := writePage(dw, p, key, ev, since, lost, limit, h.MaxBytes); err == nil {
-			_ = dw.Flush()
-		} else if dw.err == nil { // not the client: a payload that could not be read
+		out := pageOut{w: w, dw: deadlineWriter{w: pastIdleWriter(w, r), timeout: time.Duration(h.WriteTimeout)}}
+		out.dw.rc = http.NewResponseController(out.dw.w)
+		dw := &out.dw
+		if err := out.write(p, key, ev, since, lost, limit, h.MaxBytes); err != nil && dw.err == nil {
+			// not the client: a payload that could not be read
 			h.logger.Warn("a long-poll answer was cut short: an event's payload could not be read", zap.Error(err))
 		}
 		if dw.dropped() {
@@ -588,6 +607,13 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key stri
 		since = next
 		if ev != nil || lost > 0 || p.closed() {
 			answer()
+			if woken {
+				// An event wakes every long-poll waiting for it at once:
+				// let the others write their answers before this one
+				// finishes its request (the server's and Caddy's work
+				// after the handler), so that its tail does not delay them.
+				runtime.Gosched()
+			}
 			return
 		}
 		select { // after the read, so that timeout=0 answers what is there
@@ -606,6 +632,7 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key stri
 		}
 		select {
 		case <-changed:
+			woken = true
 		case <-timer.C:
 			answer()
 			return
@@ -616,6 +643,52 @@ func (h *Poll) longPoll(w http.ResponseWriter, r *http.Request, p feed, key stri
 			return
 		}
 	}
+}
+
+// pageOut writes a long-poll answer: held in a buffer while it is
+// small, so that it goes out in one write with its Content-Length (the
+// usual answer: one syscall, no chunk to end it); a page that passes the
+// buffer streams (chunked) from there, its payloads a piece at a time.
+// Every write is bounded by dw's deadline (write_timeout).
+type pageOut struct {
+	w       http.ResponseWriter
+	dw      deadlineWriter
+	last    bool // the flush of the page's end: the whole page when nothing went out before
+	started bool // the header is out
+}
+
+// write answers the page (see writePage) and flushes it.
+func (o *pageOut) write(p feed, key string, first *event, next, lost uint64, limit int, maxBytes int64) error {
+	bw := pageBufs.Get().(*bufio.Writer)
+	bw.Reset(o)
+	defer func() { bw.Reset(nil); pageBufs.Put(bw) }()
+	err := writePage(bw, p, key, first, next, lost, limit, maxBytes)
+	if err == nil {
+		o.last = true
+		err = bw.Flush()
+	}
+	if !o.started { // cut short before anything went out: the status still goes
+		o.started = true
+		o.w.WriteHeader(http.StatusOK)
+	}
+	if err == nil {
+		err = o.dw.Flush()
+	}
+	if o.dw.err == nil {
+		o.dw.arm() // what the server writes after the handler (the end of a chunked body) is bounded too
+	}
+	return err
+}
+
+func (o *pageOut) Write(b []byte) (int, error) {
+	if !o.started {
+		o.started = true
+		if o.last {
+			o.w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		}
+		o.w.WriteHeader(http.StatusOK)
+	}
+	return o.dw.Write(b)
 }
 
 func (h *Poll) stream(w http.ResponseWriter, r *http.Request, p feed, envelope bool, since uint64) {

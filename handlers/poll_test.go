@@ -3,7 +3,16 @@ package handlers
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
 )
@@ -58,5 +67,72 @@ func TestDataJSON(t *testing.T) {
 		if got := string(DataJSON(&events.Event{Data: []byte(c.data), JSON: c.json})); got != c.want {
 			t.Errorf("%q %v: %s", c.data, c.json, got)
 		}
+	}
+}
+
+// TestLongPollAnswerFraming: an answer that fits the page buffer goes out
+// whole with its Content-Length; a larger one streams, chunked; both are
+// the same page.
+func TestLongPollAnswerFraming(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{}
+	use(t, app, h)
+	small := post(t, app, "p", "e", "small")
+	large := post(t, app, "p", "e", strings.Repeat("x", 2*pageBufSize))
+	srv, _ := pollServer(t, h)
+	for _, tc := range []struct {
+		name    string
+		since   uint64
+		chunked bool
+		events  int
+	}{
+		{"small page", small, false, 1},
+		{"page over the buffer", large, true, 1},
+		{"both", small, true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := fmt.Sprintf("%s/e?since=%d&timeout=0", srv.URL, tc.since)
+			if tc.name == "small page" {
+				url += "&limit=1"
+			}
+			resp, err := http.Get(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chunked := slices.Contains(resp.TransferEncoding, "chunked")
+			if resp.StatusCode != 200 || chunked != tc.chunked || (!chunked && resp.ContentLength != int64(len(body))) {
+				t.Fatalf("status %d, chunked %v, Content-Length %d for %d bytes", resp.StatusCode, chunked, resp.ContentLength, len(body))
+			}
+			var p EventsPage
+			if err := json.Unmarshal(body, &p); err != nil || len(p.Events) != tc.events || p.Events[0].Seq != tc.since {
+				t.Fatalf("page %.200s: %v", body, err)
+			}
+		})
+	}
+}
+
+// TestLongPollSlowClientDropped: a long-poll client that does not read
+// its answer is dropped after write_timeout, and counted.
+func TestLongPollSlowClientDropped(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{WriteTimeout: caddy.Duration(300 * time.Millisecond), MaxBytes: 4 << 20}
+	use(t, app, h)
+	srv, done := pollServer(t, h)
+	first := postBig(t, app)
+	before := ReadStats().SlowClientsDropped
+	c, err := rcvbufDialer(4096).Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /e?since=%d HTTP/1.1\r\nHost: test\r\n\r\n", first)
+	waitDone(t, done, 20*time.Second, "a long-poll client that does not read")
+	if got := ReadStats().SlowClientsDropped - before; got != 1 {
+		t.Fatalf("slow clients dropped: %d", got)
 	}
 }

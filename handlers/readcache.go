@@ -45,6 +45,22 @@ type cacheEntry struct {
 	frameOnce         sync.Once
 	frame             []byte // the SSE frame of ev (envelope or not: the handler's)
 	frameEnvelope     bool
+	jsonOnce          sync.Once
+	json              []byte // ev as the JSON object of a long-poll page
+}
+
+// eventJSON is the entry's event as the JSON object of a long-poll page
+// (writeEventJSON), encoded on first use: the long-polls that an event
+// wakes all write it.
+func (c *cacheEntry) eventJSON() []byte {
+	c.jsonOnce.Do(func() {
+		var buf bytes.Buffer
+		bw := bufio.NewWriterSize(&buf, 512)
+		if writeEventJSON(bw, &event{Event: c.ev}) == nil && bw.Flush() == nil {
+			c.json = buf.Bytes()
+		}
+	})
+	return c.json
 }
 
 // sseFrame is the Server-Sent Events frame of the entry's event, encoded

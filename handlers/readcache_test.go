@@ -45,6 +45,15 @@ func readAll(t *testing.T, p reader, since uint64) ([]string, uint64) {
 			if f := ev.cached.sseFrame(); !bytes.Equal(f, want.Bytes()) {
 				t.Fatalf("event %d: cached frame\n%q\nwritten\n%q", ev.Seq, f, want.Bytes())
 			}
+			want.Reset()
+			bw.Reset(&want)
+			if err := writeEventJSON(bw, ev); err != nil {
+				t.Fatal(err)
+			}
+			bw.Flush()
+			if j := ev.cachedJSON(); !bytes.Equal(j, want.Bytes()) {
+				t.Fatalf("event %d: cached JSON\n%q\nwritten\n%q", ev.Seq, j, want.Bytes())
+			}
 		}
 		ev.close()
 		since = next

@@ -39,18 +39,7 @@ func Read(z *zone.Zone, r io.Reader, size, inline, max int64, tooLarge error) (P
 		return err
 	}
 	if size >= 0 && size <= inline {
-		b := make([]byte, size)
-		if _, err := io.ReadFull(r, b); err != nil {
-			return Payload{}, fmt.Errorf("%w: the payload ended before the %d bytes announced: %w", zone.ErrRead, size, err)
-		}
-		var one [1]byte
-		switch k, err := r.Read(one[:]); {
-		case k > 0:
-			return Payload{}, fmt.Errorf("%w: the payload is longer than the %d bytes announced", zone.ErrRead, size)
-		case err != nil && err != io.EOF:
-			return Payload{}, fmt.Errorf("%w: %w", zone.ErrRead, err)
-		}
-		return Payload{Data: b, Size: size}, nil
+		return readInline(r, size)
 	}
 	if size >= 0 {
 		name, n, err := z.PutBlobFrom(r, size)
@@ -73,6 +62,34 @@ func Read(z *zone.Zone, r io.Reader, size, inline, max int64, tooLarge error) (P
 		return Payload{}, over(err)
 	}
 	return Payload{Blob: name, Size: n}, nil
+}
+
+// readInline reads a payload of size bytes into memory, and makes sure r
+// ends there: it reads into one byte more than size, so that a reader
+// that says EOF with its last bytes (an HTTP body of a declared length
+// does) is read once, and the buffer is the payload's (no byte of its
+// own to check the end with, which would escape to the heap).
+func readInline(r io.Reader, size int64) (Payload, error) {
+	b := make([]byte, size+1)
+	n := 0
+	var err error
+	for int64(n) <= size && err == nil {
+		var k int
+		k, err = r.Read(b[n:])
+		n += k
+	}
+	switch {
+	case int64(n) > size:
+		return Payload{}, fmt.Errorf("%w: the payload is longer than the %d bytes announced", zone.ErrRead, size)
+	case int64(n) < size:
+		if err == io.EOF && n > 0 {
+			err = io.ErrUnexpectedEOF // as io.ReadFull says it
+		}
+		return Payload{}, fmt.Errorf("%w: the payload ended before the %d bytes announced: %w", zone.ErrRead, size, err)
+	case err != io.EOF:
+		return Payload{}, fmt.Errorf("%w: %w", zone.ErrRead, err)
+	}
+	return Payload{Data: b[:size:size], Size: size}, nil
 }
 
 // limited reads r and fails with err once more than left bytes have come.
