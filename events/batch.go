@@ -101,6 +101,6 @@ func (b *Bus) postBatch(items []BatchItem) (uint64, uint64, error) {
 		undo() // nothing was posted
 		return 0, 0, err
 	}
-	b.wakeReaders()
+	b.wakeReaders(first + uint64(len(items)) - 1)
 	return first, first + uint64(len(items)) - 1, err
 }

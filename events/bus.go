@@ -183,6 +183,10 @@ type Bus struct {
 	rmu     sync.RWMutex    // posts and pollers hold it to use the zone
 	shut    bool            // set under rmu by Detach
 	changes notify.Notifier // for the waiters on Changed
+	// woken is the sequence of the last event this process posted and
+	// woke the waiters on Changed for, plus one (0: none): the delivery
+	// goroutine need not wake them again for it.
+	woken atomic.Uint64
 	// loopGID is the delivery goroutine's id, and handling is set while
 	// one of its handlers runs: Poll from a handler must fail, not wait for
 	// itself. Nothing but the goroutine's id tells a handler's Poll from
@@ -507,7 +511,7 @@ func (b *Bus) write(e encoded) (uint64, error) {
 			b.z.RemoveBlob(string(e.payload))
 		}
 		if err == nil {
-			b.wakeReaders()
+			b.wakeReaders(seq)
 		}
 		return seq, err
 	}
@@ -516,10 +520,11 @@ func (b *Bus) write(e encoded) (uint64, error) {
 // wakeReaders wakes this process's waiters on Changed (HTTP streams and
 // long-polls) after a post: they read the ring themselves, so they need
 // not wait for the delivery goroutine to see the event first.
-func (b *Bus) wakeReaders() {
+func (b *Bus) wakeReaders(last uint64) {
 	if b.changes.Watched() {
 		b.changes.Notify()
 	}
+	b.woken.Store(last + 1)
 }
 
 // PostLocal delivers an event to this worker only, asynchronously, by

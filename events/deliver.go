@@ -29,12 +29,15 @@ func (b *Bus) loop() {
 			b.lost(rec, st)
 		}
 		next := b.rd.Next()
-		if next != b.handled.Load() {
+		if prev := b.handled.Load(); next != prev {
 			b.handled.Store(next)
 			if b.o.OnCursor != nil {
 				b.o.OnCursor(next)
 			}
-			if b.changes.Watched() {
+			// Only the events this process posted since: their posters
+			// woke the waiters already.
+			woken := next == b.woken.Load() && prev+1 == next && st == zone.Got
+			if !woken && b.changes.Watched() {
 				b.changes.Notify()
 				// Let the woken readers run on this P now: the next Read
 				// spins before it sleeps, and would hold them up until
