@@ -39,6 +39,7 @@ type hub struct {
 	cur  *hubGen
 	next atomic.Uint32
 	n    atomic.Int64 // streams in it now (stats.shared counts all handlers')
+	back atomic.Int64 // streams handed back to their goroutine, ever
 }
 
 // hubGen is the hub's shards for one bus: a new bus (the app restarted
@@ -240,8 +241,19 @@ func (sh *hubShard) write(bus *events.Bus, s *hubStream, now int64) bool {
 			break
 		}
 		if e.ev == nil && e.next == at {
-			back = true // too large to keep: its goroutine reads it from the ring
-			break
+			next, l, ok := e.skips(s.keep)
+			if !ok {
+				back = true // too large to keep: its goroutine reads it from the ring
+				break
+			}
+			if l > 0 { // filtered out: past it
+				if lost == 0 {
+					lostFrom = at
+				}
+				lost += l
+			}
+			at = next
+			continue
 		}
 		var frame []byte
 		if e.ev != nil && (s.keep == nil || s.keep(e.ev.Source, e.ev.Name)) {
@@ -306,6 +318,7 @@ func (sh *hubShard) handBack(s *hubStream) {
 	s.state = handedBack
 	stats.shared.Add(-1)
 	sh.h.hub.n.Add(-1)
+	sh.h.hub.back.Add(1)
 	s.poke()
 }
 

@@ -151,6 +151,33 @@ func TestHubHandsBack(t *testing.T) {
 	waitShared(t, h, 1)
 }
 
+// TestHubFilteredLarge: an event too large for the writers that a
+// stream's filter drops does not take the stream out of the hub.
+func TestHubFilteredLarge(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{}
+	use(t, app, h)
+	srv, _ := pollServer(t, h)
+	c := openSSE(t, srv.URL+"/e?source=p")
+	waitShared(t, h, 1)
+	post(t, app, "q", "e", strings.Repeat("q", readCacheMaxData+1))
+	post(t, app, "q", "e", strings.Repeat("b", 200<<10))
+	seq := post(t, app, "p", "e", "small")
+	if ev, err := c.next(); err != nil || ev.id != strconv.FormatUint(seq, 10) || ev.data != "small" {
+		t.Fatalf("%+v %v", ev, err)
+	}
+	if n := h.hub.back.Load(); n != 0 {
+		t.Fatalf("handed back %d times", n)
+	}
+	seq = post(t, app, "p", "e", strings.Repeat("p", readCacheMaxData+1))
+	if ev, err := c.next(); err != nil || ev.id != strconv.FormatUint(seq, 10) || len(ev.data) != readCacheMaxData+1 {
+		t.Fatalf("%s %d %v", ev.id, len(ev.data), err)
+	}
+	if n := h.hub.back.Load(); n != 1 {
+		t.Fatalf("handed back %d times, want 1 (for its own large event)", n)
+	}
+}
+
 // TestHubSlowClient: a client that stops reading fills its socket, is
 // handed back to its own goroutine, and dropped after write_timeout, while
 // another stream of the same hub gets every event.

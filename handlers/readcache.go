@@ -42,11 +42,30 @@ type cacheGen struct {
 type cacheEntry struct {
 	since, next, lost uint64
 	ev                *events.Event // nil: too large to keep, read it from the ring
-	frameOnce         sync.Once
-	frame             []byte // the SSE frame of ev (envelope or not: the handler's)
-	frameEnvelope     bool
-	jsonOnce          sync.Once
-	json              []byte // ev as the JSON object of a long-poll page
+	// large names the event too large to keep (ev nil, next == since), so
+	// that a stream whose filter drops it need not read it.
+	large         *largeEvent
+	frameOnce     sync.Once
+	frame         []byte // the SSE frame of ev (envelope or not: the handler's)
+	frameEnvelope bool
+	jsonOnce      sync.Once
+	json          []byte // ev as the JSON object of a long-poll page
+}
+
+// largeEvent is what a filter needs of an event too large to keep, and
+// where to read after it.
+type largeEvent struct {
+	source, name string
+	next, lost   uint64
+}
+
+// skips reports whether keep drops the entry's event too large to keep,
+// with where to read after it and how many were lost before it.
+func (c *cacheEntry) skips(keep func(source, name string) bool) (uint64, uint64, bool) {
+	if c.large == nil || keep == nil || keep(c.large.source, c.large.name) {
+		return 0, 0, false
+	}
+	return c.large.next, c.large.lost, true
 }
 
 // eventJSON is the entry's event as the JSON object of a long-poll page
@@ -108,6 +127,7 @@ func (rc *readCache) entry(bus *events.Bus, since uint64, envelope bool) *cacheE
 	if len(evs) > 0 && evs[0].Blob == nil && len(evs[0].Data) <= readCacheMaxData {
 		e.ev = &evs[0]
 	} else if len(evs) > 0 {
+		e.large = &largeEvent{source: evs[0].Source, name: evs[0].Name, next: next, lost: lost}
 		e.next, e.lost = since, 0 // read it from the ring, filtered, each stream
 	}
 	slot.Store(e)
@@ -124,7 +144,12 @@ func (rc *readCache) read(p reader, since uint64) (*event, uint64, uint64) {
 		if e == nil {
 			return nil, since, lost
 		}
-		if e.ev == nil && e.next == since { // too large to keep: read it directly
+		if e.ev == nil && e.next == since { // too large to keep: read it directly, unless filtered out
+			if next, l, ok := e.skips(p.keep); ok {
+				lost += l
+				since = next
+				continue
+			}
 			ev, next, l := p.readDirect(since)
 			return ev, next, lost + l
 		}
