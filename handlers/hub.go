@@ -285,16 +285,16 @@ func (sh *hubShard) write(bus *events.Bus, s *hubStream, now int64) bool {
 	}
 	s.since = at
 	if len(b) > chunkHead {
-		b = sh.chunk(b)
-		sent, err := writeNow(s.raw, b)
+		c := sh.chunk(b)
+		sent, err := writeNow(s.raw, c)
 		s.last = now
-		if err != nil || sent < len(b) {
-			s.out = append([]byte(nil), b[sent:]...)
+		if err != nil || sent < len(c) {
+			s.out = append([]byte(nil), c[sent:]...)
 			s.err = err
 			back = true
 		}
 	}
-	sh.buf = b[:0]
+	sh.buf = b[:0] // the whole buffer, for the next stream
 	if back {
 		sh.handBack(s)
 		return false
