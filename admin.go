@@ -3,10 +3,12 @@ package ipcbus
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -43,6 +45,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/ipcbus/send", Handler: caddy.AdminHandlerFunc(handleSend)},
 		{Pattern: "/ipcbus/broadcast", Handler: caddy.AdminHandlerFunc(handleSend)},
 		{Pattern: "/ipcbus/fleet", Handler: caddy.AdminHandlerFunc(handleFleet)},
+		{Pattern: "/ipcbus/quiesce", Handler: caddy.AdminHandlerFunc(handleQuiesce)},
 	}
 }
 
@@ -205,6 +208,40 @@ func (a *App) statsLocked() StatsReport {
 	rep.Ring = RingStats{Tail: ring.Tail(), Slots: ring.Slots(), DataBytes: ring.DataSize(), Segments: ring.Segments(),
 		SegmentSize: ring.SegmentSize(), MaxRecord: ring.MaxRecord()}
 	return rep
+}
+
+// maxPause bounds POST /ipcbus/quiesce?for=.
+const maxPause = 5 * time.Minute
+
+// handleQuiesce serves /ipcbus/quiesce for `caddy ipcbus run`, whose
+// workers share the master's listening sockets:
+//
+//	POST   /ipcbus/quiesce           stop accepting on them for good (the
+//	                                 worker is about to stop)
+//	POST   /ipcbus/quiesce?for=30s   stop accepting for up to that long
+//	                                 (at most 5m), before a config load
+//	DELETE /ipcbus/quiesce           accept again after a pause
+//
+// Meanwhile the other workers, or the listeners of the config being
+// loaded, take the connections. It answers {"listeners":N}: how many
+// listeners it quieted, or how many accept again.
+func handleQuiesce(w http.ResponseWriter, r *http.Request) error {
+	switch r.Method {
+	case http.MethodPost:
+		f := r.URL.Query().Get("for")
+		if f == "" {
+			return writeJSON(w, map[string]int{"listeners": quiesceInherited()})
+		}
+		d, err := caddy.ParseDuration(f)
+		if err != nil || d <= 0 || d > maxPause {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("invalid for=%q: give a duration from 1ms to %s", f, maxPause)}
+		}
+		return writeJSON(w, map[string]int{"listeners": pauseInherited(d)})
+	case http.MethodDelete:
+		return writeJSON(w, map[string]int{"listeners": resumeInherited()})
+	default:
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed: use POST or DELETE", r.Method)}
+	}
 }
 
 // Interface guards

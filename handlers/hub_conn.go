@@ -122,7 +122,7 @@ func (h *Poll) streamConn(hc net.Conn, p reader, since uint64) {
 			break
 		}
 	}
-	if end == endClient && h.stopping.Err() != nil && cw.err == nil {
+	if end == endClient && h.stopping.Err() != nil && cw.endable() {
 		end = endStopped
 	}
 	if cw.dropped() {
@@ -131,7 +131,7 @@ func (h *Poll) streamConn(hc net.Conn, p reader, since uint64) {
 	pokeMu.Lock()
 	finished = true
 	pokeMu.Unlock()
-	if (end == endStopped || end == endClosed) && cw.err == nil {
+	if (end == endStopped || end == endClosed) && cw.endable() {
 		// The end of the chunked body, after the rest of a chunk the hub
 		// began, if the socket takes it now: the client sees a clean end,
 		// and reconnects.
@@ -252,6 +252,7 @@ type connWriter struct {
 	stopping context.Context
 	deadline time.Time // the one set last (zero: none)
 	err      error
+	one      []byte // a chunk in one piece, for a connection without writev
 }
 
 func (w *connWriter) arm() {
@@ -276,22 +277,42 @@ func (w *connWriter) clear() error {
 		_ = w.c.SetWriteDeadline(time.Time{})
 	}
 	if w.stopping.Err() != nil {
-		w.err = context.Canceled
+		w.err = errStoppedClean
 	}
 	return w.err
 }
 
-// Write writes p as chunks of at most writeChunk bytes.
+// errStoppedClean is a connWriter's error after a stop that cut no
+// chunk: the body can still end cleanly.
+var errStoppedClean = errors.New("stopped between chunks")
+
+// Write writes p as chunks of at most writeChunk bytes, each in one write
+// (writev on TCP): a stop that comes between two writes leaves no chunk
+// cut, and the body ends cleanly.
 func (w *connWriter) Write(p []byte) (int, error) {
 	written := 0
+	_, vectored := w.c.(*net.TCPConn)
 	for len(p) > 0 && w.err == nil {
 		part := p[:min(len(p), writeChunk)]
 		var hb [chunkHead]byte
 		head := append(strconv.AppendUint(hb[:0], uint64(len(part)), 16), '\r', '\n')
-		bufs := net.Buffers{head, part, []byte("\r\n")}
 		w.arm()
-		if _, err := bufs.WriteTo(w.c); err != nil {
+		var n int64
+		var err error
+		if vectored {
+			bufs := net.Buffers{head, part, []byte("\r\n")}
+			n, err = bufs.WriteTo(w.c)
+		} else {
+			w.one = append(append(append(w.one[:0], head...), part...), '\r', '\n')
+			var m int
+			m, err = w.c.Write(w.one)
+			n = int64(m)
+		}
+		if err != nil {
 			w.err = err
+			if n == 0 && w.stopping.Err() != nil {
+				w.err = errStoppedClean
+			}
 			break
 		}
 		written += len(part)
@@ -299,6 +320,10 @@ func (w *connWriter) Write(p []byte) (int, error) {
 	}
 	return written, w.err
 }
+
+// endable reports whether the body can still end cleanly: nothing failed,
+// or a stop came between two chunks.
+func (w *connWriter) endable() bool { return w.err == nil || w.err == errStoppedClean }
 
 // writeRaw writes b as it is (the rest of chunks the hub began).
 func (w *connWriter) writeRaw(b []byte) error {

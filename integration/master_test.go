@@ -207,16 +207,20 @@ type clients struct {
 	wg         sync.WaitGroup
 }
 
-// startClients runs k clients, one request at a time each, on keep-alive
-// connections (as browsers and proxies do): a connection is opened only
-// when the server closed one. (A client that opens one per request can be
-// reset when it lands in the accept queue of a listener that is closing:
-// Caddy's own reloads and a stopping worker close theirs. See README,
-// "Reload and upgrade".)
+// startClients runs k clients, one request at a time each: half of them
+// on keep-alive connections (as browsers and proxies do), the other half
+// on a new connection per request, which a worker's reload or stop would
+// reset were the connection queued on a socket of that worker's own (the
+// group's workers share the master's sockets).
 func startClients(url string, k int) *clients {
 	c := &clients{stop: make(chan struct{})}
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: k}}
-	for range k {
+	keepAlive := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: k}}
+	perRequest := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := range k {
+		client := keepAlive
+		if i%2 == 1 {
+			client = perRequest
+		}
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
@@ -237,7 +241,7 @@ func startClients(url string, k int) *clients {
 				if err != nil {
 					c.failed.Add(1)
 					c.mu.Lock()
-					c.errs = append(c.errs, err.Error())
+					c.errs = append(c.errs, fmt.Sprintf("at %.6f: %v", float64(time.Now().UnixMicro())/1e6, err))
 					c.mu.Unlock()
 					continue
 				}
@@ -364,6 +368,12 @@ func TestMasterGroup(t *testing.T) {
 		t.Fatalf("the master's config has admin %q (%v), want %s", listen, err, g.admin)
 	}
 	expectNoFailures("change through /config/")
+	// A worker's quiesce is not for the group's admin address.
+	if resp, err := http.Post("http://"+g.admin+"/ipcbus/quiesce", "", nil); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("POST /ipcbus/quiesce through the master: %v %v", err, resp)
+	} else {
+		resp.Body.Close()
+	}
 	g.writeConfig("v3")
 	g.cmd.Process.Signal(syscall.SIGHUP)
 	g.waitFor("the SIGHUP reload", func() bool { return g.body() == "v3" })
@@ -519,4 +529,49 @@ func TestMasterKilled(t *testing.T) {
 	h := startGroupIn(t, g.dir, 1, "two")
 	h.cmd.Process.Signal(syscall.SIGTERM)
 	h.stopped()
+}
+
+// TestMasterSharedSockets: the workers serve from the master's listening
+// socket, so connections waiting in its queue survive a worker killed
+// with SIGKILL: with both workers stopped, 24 requests are sent on new
+// connections; one worker is killed, the other continued, and every
+// request is answered. (With a socket per worker, those the kernel put in
+// the killed worker's queue are reset.)
+func TestMasterSharedSockets(t *testing.T) {
+	g := startGroup(t, 2, "queued")
+	workers := g.current()
+	for _, pid := range workers {
+		syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	const n = 24
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", g.sitePort), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	syscall.Kill(workers[0], syscall.SIGKILL)
+	for deadline := time.Now().Add(30 * time.Second); !processGone(workers[0]); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("worker %d still runs after SIGKILL", workers[0])
+		}
+	}
+	syscall.Kill(workers[1], syscall.SIGCONT)
+	for i, c := range conns {
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		b, err := io.ReadAll(c)
+		if err != nil || !bytes.HasPrefix(b, []byte("HTTP/1.1 200")) || !bytes.HasSuffix(b, []byte("queued")) {
+			t.Errorf("request %d of %d, queued while worker %d was killed: %v, %q", i+1, n, workers[0], err, b)
+		}
+	}
+	g.waitFor("the killed worker's replacement", func() bool {
+		now := g.current()
+		return len(now) == 2 && now[0] != workers[0]
+	})
 }

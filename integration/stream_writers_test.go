@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -95,6 +96,20 @@ func TestSharedWritersUnderLoad(t *testing.T) {
 	close(check)
 	for err := range check {
 		if err != nil {
+			mu.Lock()
+			for i, got := range seen {
+				var missing []uint64
+				for seq, ev := range sent {
+					if _, ok := got[seq]; !ok && (i < fast || ev.name == "e") {
+						missing = append(missing, seq)
+					}
+				}
+				if len(missing) > 0 {
+					slices.Sort(missing)
+					t.Logf("client %d lacks %d events: %v", i, len(missing), missing[:min(len(missing), 20)])
+				}
+			}
+			mu.Unlock()
 			t.Fatal(err)
 		}
 	}
@@ -156,7 +171,7 @@ func readAll(p *proc, since uint64, count int, got map[uint64]string) error {
 			time.Sleep(50 * time.Millisecond) // the process is reloading
 			continue
 		}
-		for ev := range ch {
+		for ev := range untilDeadline(ch, deadline) {
 			if ev.event != "e" && ev.event != "big" {
 				cancel()
 				return fmt.Errorf("event %q (%s)", ev.event, ev.data)
@@ -173,8 +188,37 @@ func readAll(p *proc, since uint64, count int, got map[uint64]string) error {
 			}
 		}
 		cancel()
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d events in 60s: the stream stalled after seq %d", len(got), count, prev)
+		}
 	}
 	return nil
+}
+
+// untilDeadline passes on ch's events until ch closes or deadline passes.
+func untilDeadline(ch <-chan sseEvent, deadline time.Time) <-chan sseEvent {
+	out := make(chan sseEvent)
+	go func() {
+		defer close(out)
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		for {
+			select {
+			case ev, ok := <-ch:
+				if !ok {
+					return
+				}
+				select {
+				case out <- ev:
+				case <-t.C:
+					return
+				}
+			case <-t.C:
+				return
+			}
+		}
+	}()
+	return out
 }
 
 // readStalling opens a stream of source soak on p with a small receive

@@ -38,6 +38,7 @@ func (a *adminServer) close() {
 //   - GET /ipcbus/master: the master and its workers (Info);
 //   - POST /ipcbus/master/upgrade: an upgrade, to the binary named by the
 //     JSON body's "binary" (default: the master's own path);
+//   - /ipcbus/quiesce: refused (it is for one worker, from the master);
 //   - anything else (/ipcbus/*, /metrics...): proxied to a live worker,
 //     which answers for the node.
 func (m *Master) serveAdmin(ln net.Listener) *adminServer {
@@ -52,6 +53,9 @@ func (m *Master) serveAdmin(ln net.Listener) *adminServer {
 	mux.HandleFunc("/stop", m.handleStop)
 	mux.HandleFunc("/ipcbus/master", m.handleInfo)
 	mux.HandleFunc("/ipcbus/master/upgrade", m.handleUpgrade)
+	mux.HandleFunc("/ipcbus/quiesce", func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "the master pauses its workers' listeners itself around reloads and stops: /ipcbus/quiesce is not for the group's admin address", http.StatusForbidden)
+	})
 	m.proxyH = m.proxy()
 	mux.Handle("/", m.proxyH)
 	a := &adminServer{srv: &http.Server{

@@ -80,9 +80,10 @@ func sameZone(a, b zone.Options) bool {
 // workerConfig is cfg as one worker runs it: its admin endpoint on listen
 // (the master serves the config's own), always on, never remote (every
 // worker would bind the same remote address), its config not persisted
-// (the master holds it), and the ipcbus app present, so that the worker
-// joins the zone the master watches.
-func workerConfig(cfg []byte, listen string) ([]byte, error) {
+// (the master holds it), the ipcbus app present, so that the worker
+// joins the zone the master watches, and its site addresses served from
+// the sockets it inherited (inherit, by ListenKey).
+func workerConfig(cfg []byte, listen string, inherit map[string]*socket) ([]byte, error) {
 	o, err := decode(cfg)
 	if err != nil {
 		return nil, err
@@ -95,16 +96,29 @@ func workerConfig(cfg []byte, listen string) ([]byte, error) {
 	admin["listen"] = listen
 	child(admin, "config")["persist"] = false
 	child(child(o, "apps"), "ipcbus")
+	inheritAddrs(o, inherit)
 	return json.Marshal(o)
 }
 
 // withAdminOf is cfg with the admin object of from: a config read back
-// from a worker carries the worker's admin endpoint, not the group's.
+// from a worker carries the worker's admin endpoint, not the group's, and
+// its site addresses in the inherited sockets' network, which go back to
+// plain TCP ("ipcbus-tcp/:80" is ":80", "ipcbus-tcp4/..." "tcp4/...").
 func withAdminOf(cfg, from []byte) ([]byte, error) {
 	o, err := decode(cfg)
 	if err != nil {
 		return nil, err
 	}
+	forEachListen(o, func(s string) string {
+		rest, ok := strings.CutPrefix(s, NetworkPrefix)
+		if !ok {
+			return s
+		}
+		if hp, ok := strings.CutPrefix(rest, "tcp/"); ok {
+			return hp
+		}
+		return rest
+	})
 	f, err := decode(from)
 	if err != nil {
 		return nil, err

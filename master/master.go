@@ -103,6 +103,9 @@ type Master struct {
 	binary string // what restarted workers run
 	// restarts counts each slot's restarts after a crash.
 	restarts []int
+	// sockets are the site addresses the master listens on for its
+	// workers (see sockets.go).
+	sockets []*socket
 
 	quit     chan struct{} // closed when the group stops
 	quitOnce sync.Once
@@ -190,14 +193,20 @@ func newMaster(opts Options) (*Master, error) {
 // workerEnv is the workers' environment: GOMAXPROCS set to their share of
 // the CPUs unless the user set it.
 func (m *Master) workerEnv() []string {
-	env := m.opts.Env
-	for _, kv := range env {
-		if strings.HasPrefix(kv, "GOMAXPROCS=") {
-			return env
+	env := make([]string, 0, len(m.opts.Env)+2)
+	maxprocs := false
+	for _, kv := range m.opts.Env {
+		if strings.HasPrefix(kv, ListenFDsEnv+"=") {
+			continue // only the master says what a worker inherits
 		}
+		maxprocs = maxprocs || strings.HasPrefix(kv, "GOMAXPROCS=")
+		env = append(env, kv)
+	}
+	if maxprocs {
+		return env
 	}
 	share := max(1, runtime.GOMAXPROCS(0)/m.opts.Workers)
-	return append(env[:len(env):len(env)], "GOMAXPROCS="+strconv.Itoa(share))
+	return append(env, "GOMAXPROCS="+strconv.Itoa(share))
 }
 
 // spawn starts a worker for slot of generation gen running binary, on the
@@ -209,7 +218,13 @@ func (m *Master) spawnLocked(slot, gen int, binary string) *proc {
 		p.fail(errStopping)
 		return p
 	}
-	p.run(m.config, m.workerEnv(), m.opts.Output)
+	in, files, fdEnv := m.inheritLocked()
+	p.inherit = in
+	env := m.workerEnv()
+	if fdEnv != "" {
+		env = append(env, fdEnv)
+	}
+	p.run(m.config, env, files, m.opts.Output)
 	m.all[p] = struct{}{}
 	m.wg.Add(1)
 	go func() {
@@ -248,6 +263,9 @@ func (m *Master) run(ctx context.Context) error {
 			defer os.Remove(m.opts.AdminAddress)
 		}
 	}
+
+	m.openSockets()
+	defer m.closeSockets()
 
 	m.mu.Lock()
 	m.gen = 1

@@ -45,7 +45,7 @@ func TestWorkerConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := workerConfig([]byte(tt.in), "unix//d/z.w1.sock|0600")
+			out, err := workerConfig([]byte(tt.in), "unix//d/z.w1.sock|0600", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -223,12 +223,16 @@ func TestWorkerEnv(t *testing.T) {
 	}{
 		{"share of the CPUs", []string{"A=1"}, "GOMAXPROCS=" + share},
 		{"the user's setting kept", []string{"GOMAXPROCS=7"}, "GOMAXPROCS=7"},
+		{"inherited sockets only from the master", []string{ListenFDsEnv + "=tcp/:80=3"}, "GOMAXPROCS=" + share},
 	}
 	for _, tt := range tests {
 		m := &Master{opts: Options{Env: tt.env, Workers: 2}}
 		env := m.workerEnv()
 		var got []string
 		for _, kv := range env {
+			if strings.HasPrefix(kv, ListenFDsEnv+"=") {
+				t.Errorf("%s: %s passed on", tt.name, kv)
+			}
 			if strings.HasPrefix(kv, "GOMAXPROCS=") {
 				got = append(got, kv)
 			}

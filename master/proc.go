@@ -35,6 +35,8 @@ type proc struct {
 	// no crash, and nothing restarts it.
 	retired atomic.Bool
 	client  *http.Client
+	// inherit is the listening sockets it inherited, by ListenKey.
+	inherit map[string]*socket
 }
 
 // pid is the process id, 0 when it never started.
@@ -72,11 +74,12 @@ func newProc(dir, zoneName string, slot, serial, gen int, binary string) *proc {
 	return p
 }
 
-// run writes the worker's config and starts it with env. A failure to
-// start is reported as an exit, so that every way out looks alike.
-func (p *proc) run(cfg []byte, env []string, stderr io.Writer) {
+// run writes the worker's config and starts it with env, the sockets
+// files as its descriptors 3, 4, ... A failure to start is reported as
+// an exit, so that every way out looks alike.
+func (p *proc) run(cfg []byte, env []string, files []*os.File, stderr io.Writer) {
 	p.start = time.Now()
-	wc, err := workerConfig(cfg, p.listen())
+	wc, err := workerConfig(cfg, p.listen(), p.inherit)
 	if err == nil {
 		err = os.WriteFile(p.cfg, wc, 0o600)
 	}
@@ -86,6 +89,7 @@ func (p *proc) run(cfg []byte, env []string, stderr io.Writer) {
 	}
 	p.cmd = exec.Command(p.binary, "run", "--config", p.cfg)
 	p.cmd.Env = env
+	p.cmd.ExtraFiles = files
 	p.cmd.Stdout, p.cmd.Stderr = stderr, stderr
 	// Its own process group: a terminal's ^C reaches the master only,
 	// which stops the workers its own way. Should the master die, the
@@ -118,6 +122,36 @@ func (p *proc) signal(sig syscall.Signal) {
 	}
 }
 
+// pause stops the worker accepting on the sockets it inherited while
+// load runs (a config load through its admin endpoint), so that its old
+// servers do not accept a connection they would close unanswered when
+// they shut down (Go's http.Server drops a request it reads after its
+// Shutdown began); the load's new servers, and the other workers, take
+// the queue. Then the worker's newest listeners accept again.
+func (p *proc) pause(load func() error) error {
+	if len(p.inherit) == 0 {
+		return load()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	paused := false
+	if _, _, err := p.call(ctx, http.MethodPost, "/ipcbus/quiesce?for="+loadTimeout.String(), nil, nil); err == nil {
+		paused = true
+		time.Sleep(quiesceWait)
+	}
+	err := load()
+	if paused && p.alive() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _, _ = p.call(ctx, http.MethodDelete, "/ipcbus/quiesce", nil, nil)
+	}
+	return err
+}
+
+// quiesceWait is how long a quieted worker gets to read the requests of
+// the connections it accepted before it was asked to stop.
+const quiesceWait = 50 * time.Millisecond
+
 // stop asks the worker to stop: gracefully through its admin endpoint
 // (Caddy's POST /stop: requests finish, within the config's grace
 // period), else, or when not graceful, with SIGTERM.
@@ -129,6 +163,15 @@ func (p *proc) stop(graceful bool) {
 	if graceful {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		// First it stops accepting: a connection it accepted once its
+		// shutdown began would be closed unanswered (Go's http.Server),
+		// and the others take the shared queue meanwhile. A request that
+		// came on a connection it did accept is read before the stop.
+		if len(p.inherit) > 0 {
+			if _, _, err := p.call(ctx, http.MethodPost, "/ipcbus/quiesce", nil, nil); err == nil {
+				time.Sleep(quiesceWait)
+			}
+		}
 		if _, _, err := p.call(ctx, http.MethodPost, "/stop", nil, nil); err == nil {
 			return
 		}

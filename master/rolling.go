@@ -87,6 +87,7 @@ func (m *Master) load(cfg []byte, force bool) error {
 	m.mu.Lock()
 	m.config = cfg
 	m.mu.Unlock()
+	m.dropSockets(cfg)
 	if a, b := adminListen(old), adminListen(cfg); a != b {
 		m.log.Warn("the new config has another admin address: the master goes on serving the one it started with until it is restarted", zap.String("serving", a), zap.String("config", b))
 	}
@@ -106,13 +107,16 @@ func (m *Master) roll(ps []*proc, cfg []byte, force bool) ([]*proc, error) {
 		if i > 0 {
 			time.Sleep(settle)
 		}
-		wc, err := workerConfig(cfg, p.listen())
+		wc, err := workerConfig(cfg, p.listen(), p.inherit)
 		if err != nil {
 			return done, err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
-		_, _, err = p.call(ctx, http.MethodPost, "/load", wc, hdr)
-		cancel()
+		err = p.pause(func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
+			defer cancel()
+			_, _, err := p.call(ctx, http.MethodPost, "/load", wc, hdr)
+			return err
+		})
 		if err != nil {
 			var ae *adminError
 			if errors.As(err, &ae) {
@@ -166,7 +170,12 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 	m.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
 	defer cancel()
-	status, answer, err := ps[0].call(ctx, method, path, body, hdr)
+	var status int
+	var answer []byte
+	err := ps[0].pause(func() (err error) {
+		status, answer, err = ps[0].call(ctx, method, path, body, hdr)
+		return err
+	})
 	if err != nil {
 		return status, answer, err
 	}
@@ -178,7 +187,7 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 	if err != nil {
 		return 0, nil, err
 	}
-	if wc, err := workerConfig(cfg, ps[0].listen()); err == nil {
+	if wc, err := workerConfig(cfg, ps[0].listen(), ps[0].inherit); err == nil {
 		_ = os.WriteFile(ps[0].cfg, wc, 0o600)
 	}
 	if len(ps) > 1 {
@@ -193,6 +202,7 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 	m.mu.Lock()
 	m.config = cfg
 	m.mu.Unlock()
+	m.dropSockets(cfg)
 	m.log.Info("config changed", zap.String("method", method), zap.String("path", path), zap.Ints("pids", pids(ps)))
 	return status, answer, nil
 }
