@@ -144,15 +144,17 @@ func listenInherited(ctx context.Context, network, host, portRange string, portO
 //     closing the newest gives its turn back to the one before (a config
 //     that failed to start);
 //   - before it loads a config into a worker, the master pauses the
-//     worker's listeners (POST /ipcbus/quiesce?for=), and resumes them
-//     after (DELETE /ipcbus/quiesce): the connections they accepted have
-//     their requests read before the old servers shut down;
+//     worker's listeners (POST /ipcbus/quiesce?for=), and resumes the
+//     newest after (DELETE /ipcbus/quiesce): the connections the old ones
+//     accepted have their requests read before the old servers shut
+//     down, and the new ones accept only once the whole config started;
 //   - before it stops a worker, the master quiets them for good (POST
 //     /ipcbus/quiesce).
 var inheritedGroup struct {
 	mu       sync.Mutex
 	byKey    map[string][]*inheritedListener // oldest first; the last accepts
 	quiesced bool                            // for good: the process stops
+	paused   bool                            // a config load runs: no listener accepts
 	resume   *time.Timer                     // ends a pause
 }
 
@@ -169,7 +171,7 @@ func addInherited(key string, tl *net.TCPListener, ka net.KeepAliveConfig) *inhe
 		old.setQuiet(true)
 	}
 	inheritedGroup.byKey[key] = append(inheritedGroup.byKey[key], l)
-	l.quiet = inheritedGroup.quiesced
+	l.quiet = inheritedGroup.quiesced || inheritedGroup.paused
 	return l
 }
 
@@ -183,11 +185,13 @@ func quiesceInherited() int {
 	return quietAllLocked()
 }
 
-// pauseInherited makes the inherited listeners there are now stop
-// accepting for up to d, before a config load: the load's new listeners
-// accept, the old ones close. resumeInherited (or d running out) gives
-// the queue back to the newest listener of each address, for a load that
-// failed. It reports how many it paused.
+// pauseInherited makes the inherited listeners stop accepting for up to
+// d, while a config load runs, and the listeners the load makes start
+// quiet too: a config whose servers start and then stop (a later app
+// failed) would drop what they accepted. resumeInherited (or d running
+// out) gives the queue to the newest listener of each address: the new
+// config's, or the old one's when the load failed. It reports how many
+// it paused.
 func pauseInherited(d time.Duration) int {
 	inheritedGroup.mu.Lock()
 	defer inheritedGroup.mu.Unlock()
@@ -195,6 +199,7 @@ func pauseInherited(d time.Duration) int {
 		inheritedGroup.resume.Stop()
 	}
 	inheritedGroup.resume = time.AfterFunc(d, func() { resumeInherited() })
+	inheritedGroup.paused = true
 	return quietAllLocked()
 }
 
@@ -208,6 +213,7 @@ func resumeInherited() int {
 		inheritedGroup.resume.Stop()
 		inheritedGroup.resume = nil
 	}
+	inheritedGroup.paused = false
 	if inheritedGroup.quiesced {
 		return 0
 	}
@@ -293,7 +299,7 @@ func (l *inheritedListener) Close() error {
 	for i, x := range ls {
 		if x == l {
 			ls = append(ls[:i:i], ls[i+1:]...)
-			if i == len(ls) && i > 0 && !inheritedGroup.quiesced {
+			if i == len(ls) && i > 0 && !inheritedGroup.quiesced && !inheritedGroup.paused {
 				ls[i-1].setQuiet(false)
 			}
 			break

@@ -192,6 +192,13 @@ func TestInheritedHandOff(t *testing.T) {
 	if accepts(t, old, port, 200*time.Millisecond) {
 		t.Fatal("a paused listener accepted")
 	}
+	// A load during the pause: its listener waits too, and a load that
+	// failed closes it; the resume wakes the newest left.
+	failed := newListener()
+	if accepts(t, failed, port, 200*time.Millisecond) {
+		t.Fatal("a listener made during a pause accepted")
+	}
+	failed.Close()
 	if n := resumeInherited(); n != 1 {
 		t.Fatalf("resumed %d addresses, want 1", n)
 	}

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	ipcbus "github.com/ipcbus/caddy-ipcbus"
 )
 
 // TestSharedWritersUnderLoad: many streams over two processes, written by
@@ -110,6 +112,19 @@ func TestSharedWritersUnderLoad(t *testing.T) {
 				}
 			}
 			mu.Unlock()
+			// The servers' side of it: their counters, then their
+			// goroutines (SIGQUIT: Go prints every stack; the logs are
+			// printed with the failure).
+			for _, p := range []*proc{a, b} {
+				var rep ipcbus.StatsReport
+				err := p.get("/ipcbus/stats", &rep)
+				t.Logf("caddy %d stats (%v): %+v", p.pid(), err, rep)
+				p.cmd.Process.Signal(syscall.SIGQUIT)
+				select {
+				case <-p.exited:
+				case <-time.After(10 * time.Second):
+				}
+			}
 			t.Fatal(err)
 		}
 	}
