@@ -112,10 +112,7 @@ type App struct {
 	// Spin is how long the delivery goroutine keeps looking for the next
 	// event, yielding the CPU between looks, before it sleeps on the zone's
 	// futex. Default: 50µs. A window longer than the usual gap between
-	// events gives microsecond latency for CPU. After 8 windows in a row
-	// find nothing (events further apart than the window), it sleeps at
-	// once, trying the window again every 16th time, until one finds an
-	// event.
+	// events gives microsecond latency for CPU.
 	Spin caddy.Duration `json:"spin,omitempty"`
 
 	// SendTimeout bounds how long an IPC alert sender waits for a receiver

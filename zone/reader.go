@@ -77,11 +77,8 @@ type Reader struct {
 	buf     []byte
 	waitMax int64
 	spin    time.Duration
-	// misses counts the spin windows in a row that found nothing, and
-	// skips the sleeps since the window was last tried (see spinReady).
-	misses, skips int
-	filter        func(kind uint32, aux uint64) bool
-	bell          int
+	filter  func(kind uint32, aux uint64) bool
+	bell    int
 	// mask is the bitset the reader sleeps with: its targets (all, or
 	// TargetBit of one pid) and its interrupt bit.
 	mask, intr uint32
@@ -413,43 +410,24 @@ func (rd *Reader) SetBell(i int) { rd.bell = i % bellAny }
 // set to TargetBit(pid)) or to everyone (Meta.Wake 0).
 func (rd *Reader) SetTarget(pid uint32) { rd.mask = TargetBit(pid) | rd.intr }
 
-// Adaptive spin: after spinMissLimit windows in a row found nothing (the
-// events come further apart than the window: paced, or one per HTTP
-// request), the reader sleeps at once, and tries the window again every
-// spinProbeEvery sleeps, until a window finds a record again.
-const (
-	spinMissLimit  = 8
-	spinProbeEvery = 16
-)
-
 // spinReady waits for the next record without sleeping: a short busy spin,
-// then sched_yield between checks until the spin window passes (unless
-// the window keeps finding nothing).
+// then sched_yield between checks until the spin window passes.
 func (rd *Reader) spinReady() bool {
 	for i := 0; i < 64; i++ {
 		if rd.ready() {
-			rd.misses = 0
 			return true
 		}
 	}
 	if rd.spin <= 0 {
 		return false
 	}
-	if rd.misses >= spinMissLimit {
-		if rd.skips++; rd.skips < spinProbeEvery {
-			return false
-		}
-		rd.skips = 0
-	}
 	start := nanotime()
 	for nanotime()-start < int64(rd.spin) {
 		unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 		if rd.ready() || rd.interrupted.Load() {
-			rd.misses = 0
 			return true
 		}
 	}
-	rd.misses = min(rd.misses+1, spinMissLimit)
 	return false
 }
 
