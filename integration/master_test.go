@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -574,4 +575,73 @@ func TestMasterSharedSockets(t *testing.T) {
 		now := g.current()
 		return len(now) == 2 && now[0] != workers[0]
 	})
+}
+
+// TestMasterTLS: an HTTPS site (tls internal) under the master is served
+// from the inherited socket over HTTP/2, and HTTP/3 is still offered (its
+// UDP socket is each worker's own).
+func TestMasterTLS(t *testing.T) {
+	dir := t.TempDir()
+	admin, port := fmt.Sprintf("127.0.0.1:%d", freePort(t)), freePort(t)
+	config := filepath.Join(dir, "Caddyfile")
+	caddyfile := fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	skip_install_trust
+	ipcbus {
+		zone mtls
+		dir %s
+		size 4MiB
+	}
+}
+
+https://127.0.0.1:%d {
+	tls internal
+	respond "{http.request.proto}"
+}
+`, admin, dir, port)
+	if err := os.WriteFile(config, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(caddyBin, "ipcbus", "run", "--workers", "2", "--config", config)
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	var log bytes.Buffer
+	var logMu sync.Mutex
+	cmd.Stdout, cmd.Stderr = syncWriter{&log, &logMu}, syncWriter{&log, &logMu}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+		if t.Failed() {
+			logMu.Lock()
+			t.Logf("log of the master and its workers:\n%s", log.String())
+			logMu.Unlock()
+		}
+	}()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
+	var body, altSvc string
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/", port))
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body, altSvc = string(b), resp.Header.Get("Alt-Svc")
+		break
+	}
+	if body != "HTTP/2.0" || !strings.Contains(altSvc, "h3=") {
+		t.Fatalf("the HTTPS site answered %q (Alt-Svc %q), want HTTP/2.0 with h3 offered", body, altSvc)
+	}
+	logMu.Lock()
+	shared := strings.Contains(log.String(), `"listening for the workers","addresses":["tcp/:`+strconv.Itoa(port)+`"]`)
+	logMu.Unlock()
+	if !shared {
+		t.Errorf("the master did not bind the site's address for its workers")
+	}
 }
