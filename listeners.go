@@ -30,6 +30,9 @@ func init() {
 		caddy.RegisterNetwork(master.NetworkPrefix+n, listenInherited)
 		caddyhttp.RegisterNetworkHTTP3(master.NetworkPrefix+n, strings.Replace(n, "tcp", "udp", 1))
 	}
+	// Adopted at once, not at the first listen: a config that names none
+	// of them must not leave them to the programs this process starts.
+	_, _ = inheritedSockets()
 }
 
 // inherited is this process's inherited sockets by master.ListenKey,
