@@ -267,15 +267,28 @@ func (m *Master) run(ctx context.Context) error {
 	m.openSockets()
 	defer m.closeSockets()
 
+	// The first worker starts alone: what a config sets up on disk at
+	// its first start (the internal CA of "tls internal", certificates)
+	// is not safe for several processes to create at once. Then the
+	// others start together.
 	m.mu.Lock()
 	m.gen = 1
 	first := make([]*proc, m.opts.Workers)
-	for i := range first {
-		first[i] = m.spawnLocked(i, 1, m.binary)
+	first[0] = m.spawnLocked(0, 1, m.binary)
+	m.mu.Unlock()
+	err = m.waitServing(first[:1], m.opts.UpgradeTimeout)
+	if err == nil && len(first) > 1 {
+		m.mu.Lock()
+		for i := 1; i < len(first); i++ {
+			first[i] = m.spawnLocked(i, 1, m.binary)
+		}
+		m.mu.Unlock()
+		err = m.waitServing(first[1:], m.opts.UpgradeTimeout)
 	}
+	m.mu.Lock()
 	m.cur = first
 	m.mu.Unlock()
-	if err := m.waitServing(first, m.opts.UpgradeTimeout); err != nil {
+	if err != nil {
 		m.stopAll(false)
 		m.finish()
 		return fmt.Errorf("starting the workers: %w", err)
