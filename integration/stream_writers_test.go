@@ -186,7 +186,7 @@ func readAll(p *proc, since uint64, count int, got map[uint64]string) error {
 			time.Sleep(50 * time.Millisecond) // the process is reloading
 			continue
 		}
-		for ev := range untilDeadline(ch, deadline) {
+		for ev := range untilDeadline(ctx, ch, deadline) {
 			if ev.event != "e" && ev.event != "big" {
 				cancel()
 				return fmt.Errorf("event %q (%s)", ev.event, ev.data)
@@ -210,8 +210,9 @@ func readAll(p *proc, since uint64, count int, got map[uint64]string) error {
 	return nil
 }
 
-// untilDeadline passes on ch's events until ch closes or deadline passes.
-func untilDeadline(ch <-chan sseEvent, deadline time.Time) <-chan sseEvent {
+// untilDeadline passes on ch's events until ch closes, ctx ends (the
+// reader is done with them) or deadline passes.
+func untilDeadline(ctx context.Context, ch <-chan sseEvent, deadline time.Time) <-chan sseEvent {
 	out := make(chan sseEvent)
 	go func() {
 		defer close(out)
@@ -225,9 +226,13 @@ func untilDeadline(ch <-chan sseEvent, deadline time.Time) <-chan sseEvent {
 				}
 				select {
 				case out <- ev:
+				case <-ctx.Done():
+					return
 				case <-t.C:
 					return
 				}
+			case <-ctx.Done():
+				return
 			case <-t.C:
 				return
 			}
