@@ -606,3 +606,50 @@ func TestFleetChain(t *testing.T) {
 		t.Fatalf("%d copies dropped out of order, want 1", n)
 	}
 }
+
+// A host whose bridge starts while the stream cannot be reached (NATS away,
+// a cluster electing its leaders) still gets every event the fleet
+// publishes after its bridge took the lease, however late its consumer
+// starts: here host a publishes all of them before host b's inbound side
+// may reach the stream.
+func TestFleetLateStreamLosesNothing(t *testing.T) {
+	ns := startNATS(t)
+	a := newHost(t, ns, "a", 1, 4<<20)
+	a.bridge(t)
+	gate := make(chan struct{})
+	testHookInbound = func(f *Fleet) {
+		if f.cfg.Node == "b" {
+			<-gate
+		}
+	}
+	t.Cleanup(func() { testHookInbound = nil })
+	b := newHost(t, ns, "b", 1, 4<<20)
+	deadline := time.Now().Add(10 * time.Second)
+	for !b.workers[0].fleet.Bridging() {
+		if time.Now().After(deadline) {
+			t.Fatal("host b: no bridge after 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	onB := b.collectRemote(t, "app", "a")
+	const n = 200
+	for i := range n {
+		if _, err := a.workers[0].bus.Post("app", strconv.Itoa(i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); a.z.Fleet().Published.Load() < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("host a published %d of %d", a.z.Fleet().Published.Load(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := b.workers[0].fleet.Counters(); st.In.Started {
+		t.Fatalf("host b's inbound status: %+v, want not started yet", st.In)
+	}
+	close(gate)
+	checkSeries(t, onB.wait(t, n, 20*time.Second), "a", n)
+	if st := b.workers[0].fleet.Counters(); !st.In.Started {
+		t.Fatalf("host b's inbound status: %+v, want started", st.In)
+	}
+}

@@ -13,6 +13,9 @@ import (
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
+// testHookInbound, set by tests, runs as the inbound side starts.
+var testHookInbound func(*Fleet)
+
 // inbound posts the other hosts' events into this host's ring, in the
 // stream's order, each exactly once. The position of record is the zone:
 // the ring record of a remote event carries its stream sequence and is
@@ -23,6 +26,9 @@ import (
 // out of step with the ring, and no redelivery after an ack timeout can
 // reorder events.
 func (f *Fleet) inbound(ctx context.Context) error {
+	if testHookInbound != nil {
+		testHookInbound(f)
+	}
 	st, err := f.stream(ctx)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", f.cfg.Stream(), err)
@@ -32,16 +38,17 @@ func (f *Fleet) inbound(ctx context.Context) error {
 		return fmt.Errorf("stream %s: %w", f.cfg.Stream(), err)
 	}
 	epoch := uint64(info.Created.UnixNano())
-	switch prev := f.fa.StreamEpoch.Load(); {
-	case prev == 0:
-		// This host's first bridge: the fleet's events from now on.
-		f.fa.InApplied.Store(info.State.LastSeq)
-		f.fa.StreamEpoch.Store(epoch)
-	case prev != epoch:
+	if prev := f.fa.StreamEpoch.Load(); prev != 0 && prev != epoch {
 		f.log.Warn("fleet: the stream was created again: applying it from its start", zap.String("stream", f.cfg.Stream()))
 		f.fa.InApplied.Store(0)
 		f.fa.StreamEpoch.Store(epoch)
 	}
+	// This host's first bridge takes the fleet's events from the time it
+	// took the lease, not from when the stream answered: a stream slow to
+	// answer (a cluster electing its leaders, NATS away) must not cost this
+	// host what was published meanwhile. Its place is set by the consumer
+	// below and kept from then on.
+	first := f.fa.StreamEpoch.Load() == 0
 	applied := f.fa.InApplied.Load()
 	sc, err := f.bus.ScanRemote(epoch, 2*time.Second)
 	if err != nil {
@@ -50,14 +57,15 @@ func (f *Fleet) inbound(ctx context.Context) error {
 	if sc.LastStreamSeq > applied {
 		applied = sc.LastStreamSeq
 		f.fa.InApplied.Store(applied)
+		first = false // remote events of this stream are here already
 	}
 	origins := sc.Origins
-	if first := info.State.FirstSeq; info.State.Msgs > 0 && first > applied+1 {
-		f.lostIn(first-applied-1, applied+1)
-		applied = first - 1
+	if fs := info.State.FirstSeq; !first && info.State.Msgs > 0 && fs > applied+1 {
+		f.lostIn(fs-applied-1, applied+1)
+		applied = fs - 1
 		f.fa.InApplied.Store(applied)
 	}
-	cons, err := f.js.OrderedConsumer(ctx, f.cfg.Stream(), jetstream.OrderedConsumerConfig{
+	cc := jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{f.cfg.eventsFilter()},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    applied + 1,
@@ -65,9 +73,25 @@ func (f *Fleet) inbound(ctx context.Context) error {
 		// this part starts over from the zone's position, with its own
 		// bounded requests, rather than the client retrying for ever.
 		MaxResetAttempts: 1,
-	})
+	}
+	if first {
+		since := time.Unix(0, f.fa.Since.Load())
+		cc.DeliverPolicy, cc.OptStartSeq, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, 0, &since
+	}
+	cons, err := f.js.OrderedConsumer(ctx, f.cfg.Stream(), cc)
 	if err != nil {
 		return fmt.Errorf("consumer on %s: %w", f.cfg.Stream(), err)
+	}
+	if first {
+		// The server picked the first message at or after since: what
+		// precedes it counts as applied.
+		ci := cons.CachedInfo()
+		if ci == nil {
+			return fmt.Errorf("consumer on %s: no consumer info to start from", f.cfg.Stream())
+		}
+		applied = ci.Delivered.Stream
+		f.fa.InApplied.Store(applied)
+		f.fa.StreamEpoch.Store(epoch)
 	}
 	// A pull expiring every 5s with heartbeats every 2s: a consumer lost
 	// with its server is noticed (missed heartbeats) and made again.

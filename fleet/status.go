@@ -46,6 +46,10 @@ type OutStatus struct {
 
 // InStatus counts the other hosts' events applied here.
 type InStatus struct {
+	// Started tells this host has its place in the fleet's stream: from
+	// then on it applies every event published after its bridge first took
+	// the lease. False while the first bridge has not reached the stream.
+	Started bool `json:"started"`
 	// Applied counts remote events posted on this host.
 	Applied uint64 `json:"applied"`
 	// Lag is the stream messages not yet applied, as last seen.
@@ -90,7 +94,7 @@ func (f *Fleet) Counters() Status {
 		st.Bridge = BridgeStatus{PID: int(f.fa.OwnerPID.Load()), Since: time.Unix(0, f.fa.Since.Load())}
 	}
 	st.Out = OutStatus{Published: f.fa.Published.Load(), Pending: f.fa.OutPending.Load(), Lost: f.fa.OutLost.Load(), TooLarge: f.tooLarge.Load()}
-	st.In = InStatus{Applied: f.fa.Applied.Load(), Lag: f.fa.InLag.Load(), Lost: f.fa.InLost.Load(), StreamSeq: f.fa.InApplied.Load(), OutOfOrder: f.outOfOrder.Load()}
+	st.In = InStatus{Started: f.fa.StreamEpoch.Load() != 0, Applied: f.fa.Applied.Load(), Lag: f.fa.InLag.Load(), Lost: f.fa.InLost.Load(), StreamSeq: f.fa.InApplied.Load(), OutOfOrder: f.outOfOrder.Load()}
 	return st
 }
 

@@ -151,7 +151,7 @@ func (h *fleetHost) waitBridged(t *testing.T) fleet.Status {
 	var st fleet.Status
 	h.procs[0].waitFor("host "+h.id+"'s bridge", func() bool {
 		st = h.status(t, h.procs[0])
-		return st.Connected && st.Bridge.PID != 0 && st.In.StreamSeq+st.In.Applied >= 0 && len(st.Nodes) > 0
+		return st.Connected && st.Bridge.PID != 0 && st.In.Started && len(st.Nodes) > 0
 	})
 	return st
 }
