@@ -616,6 +616,19 @@ func TestFleetLateStreamLosesNothing(t *testing.T) {
 	ns := startNATS(t)
 	a := newHost(t, ns, "a", 1, 4<<20)
 	a.bridge(t)
+	// The stream's history, from before host b's bridge: not for b.
+	const old = 50
+	for i := range old {
+		if _, err := a.workers[0].bus.Post("app", "old"+strconv.Itoa(i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); a.z.Fleet().Published.Load() < old; {
+		if time.Now().After(deadline) {
+			t.Fatalf("host a published %d of %d", a.z.Fleet().Published.Load(), old)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	gate := make(chan struct{})
 	testHookInbound = func(f *Fleet) {
 		if f.cfg.Node == "b" {
@@ -638,9 +651,9 @@ func TestFleetLateStreamLosesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for deadline := time.Now().Add(10 * time.Second); a.z.Fleet().Published.Load() < n; {
+	for deadline := time.Now().Add(10 * time.Second); a.z.Fleet().Published.Load() < old+n; {
 		if time.Now().After(deadline) {
-			t.Fatalf("host a published %d of %d", a.z.Fleet().Published.Load(), n)
+			t.Fatalf("host a published %d of %d", a.z.Fleet().Published.Load(), old+n)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -649,7 +662,20 @@ func TestFleetLateStreamLosesNothing(t *testing.T) {
 	}
 	close(gate)
 	checkSeries(t, onB.wait(t, n, 20*time.Second), "a", n)
-	if st := b.workers[0].fleet.Counters(); !st.In.Started {
-		t.Fatalf("host b's inbound status: %+v, want started", st.In)
+	st := b.workers[0].fleet.Counters()
+	if !st.In.Started || st.In.Applied != n || st.In.StreamSeq != old+n {
+		t.Fatalf("host b's inbound status: %+v, want started, %d applied, up to stream seq %d", st.In, n, old+n)
 	}
+	// A new bridge on host b goes on from there: nothing again, nothing
+	// of the history.
+	b.workers[0].halt()
+	b.addWorker(t, ns)
+	for i := n; i < n+10; i++ {
+		if _, err := a.workers[0].bus.Post("app", strconv.Itoa(i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkSeries(t, onB.wait(t, n+10, 20*time.Second), "a", n+10)
+	time.Sleep(200 * time.Millisecond)
+	checkSeries(t, onB.get(), "a", n+10)
 }

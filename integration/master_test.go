@@ -150,21 +150,35 @@ func (g *group) current() []int {
 func (g *group) workerBodies() []string {
 	g.t.Helper()
 	var out []string
+	for i, raw := range g.workerGet(bodyPath) {
+		var body string
+		if err := json.Unmarshal([]byte(raw), &body); err != nil {
+			g.t.Fatalf("worker %d: %v", i, err)
+		}
+		out = append(out, body)
+	}
+	return out
+}
+
+// workerGet is what each worker's own admin endpoint answers to GET path
+// (JSON, trimmed).
+func (g *group) workerGet(path string) []string {
+	g.t.Helper()
+	var out []string
 	for _, w := range g.mustInfo().Workers {
 		client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", w.Admin)
 		}}}
-		resp, err := client.Get("http://127.0.0.1" + bodyPath)
+		resp, err := client.Get("http://127.0.0.1" + path)
 		if err != nil {
 			g.t.Fatal(err)
 		}
-		var body string
-		err = json.NewDecoder(resp.Body).Decode(&body)
+		b, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if err != nil {
-			g.t.Fatalf("worker %d: %v", w.PID, err)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			g.t.Fatalf("worker %d: GET %s: %v %s", w.PID, path, err, b)
 		}
-		out = append(out, body)
+		out = append(out, strings.TrimSpace(string(b)))
 	}
 	return out
 }
@@ -369,6 +383,38 @@ func TestMasterGroup(t *testing.T) {
 		t.Fatalf("the master's config has admin %q (%v), want %s", listen, err, g.admin)
 	}
 	expectNoFailures("change through /config/")
+	rolledFirst := func() int {
+		g.logMu.Lock()
+		defer g.logMu.Unlock()
+		return strings.Count(g.log.String(), "the first worker takes it on the master's socket too")
+	}
+	if n := rolledFirst(); n != 0 {
+		t.Fatalf("a change of a response loaded the first worker again (%d times)", n)
+	}
+	// A change that names the site's address as the user writes it: every
+	// worker, the first one too, serves it from the master's socket.
+	req, _ = http.NewRequest(http.MethodPatch, "http://"+g.admin+"/config/apps/http/servers/srv0/listen", strings.NewReader(`[":`+strconv.Itoa(g.sitePort)+`"]`))
+	req.Header.Set("Content-Type", "application/json")
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("PATCH the listen addresses: %s", resp.Status)
+	}
+	for i, got := range g.workerGet("/config/apps/http/servers/srv0/listen") {
+		if want := `["ipcbus-tcp/:` + strconv.Itoa(g.sitePort) + `"]`; got != want {
+			t.Fatalf("after a PATCH of the listen addresses worker %d listens on %s, want %s", i, got, want)
+		}
+	}
+	var listens []string
+	if err := getJSON("http://"+g.admin+"/config/apps/http/servers/srv0/listen", &listens); err != nil || fmt.Sprint(listens) != "[:"+strconv.Itoa(g.sitePort)+"]" {
+		t.Fatalf("the master's config listens on %q (%v), want the address as written", listens, err)
+	}
+	if n := rolledFirst(); n != 1 {
+		t.Fatalf("a change of the listen addresses loaded the first worker again %d times, want once", n)
+	}
+	expectNoFailures("change of the listen addresses")
 	// A worker's quiesce is not for the group's admin address.
 	if resp, err := http.Post("http://"+g.admin+"/ipcbus/quiesce", "", nil); err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("POST /ipcbus/quiesce through the master: %v %v", err, resp)

@@ -182,3 +182,15 @@ func lookup(cfg []byte, path string) ([]byte, error) {
 	}
 	return append(b, '\n'), nil
 }
+
+// sameJSON reports whether a and b are the same JSON value (key order and
+// spacing aside); invalid JSON is never the same.
+func sameJSON(a, b []byte) bool {
+	var va, vb any
+	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
+		return false
+	}
+	ja, err1 := json.Marshal(va)
+	jb, err2 := json.Marshal(vb)
+	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
+}

@@ -187,13 +187,22 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 	if err != nil {
 		return 0, nil, err
 	}
+	rest := ps[1:]
 	if wc, err := workerConfig(cfg, ps[0].listen(), ps[0].inherit); err == nil {
 		_ = os.WriteFile(ps[0].cfg, wc, 0o600)
+		if !sameJSON(wc, now) {
+			// The change named a shared address as the user writes it
+			// (a server's listen replaced, say): the first worker gets
+			// it as the others do, on the master's socket, rather than
+			// keeping a socket of its own until the next full load.
+			rest = ps
+			m.log.Info("the change named a shared address: the first worker takes it on the master's socket too", zap.Int("pid", ps[0].pid()))
+		}
 	}
-	if len(ps) > 1 {
+	if len(ps) > 1 || len(rest) == len(ps) {
 		time.Sleep(settle)
 	}
-	if _, err := m.roll(ps[1:], cfg, false); err != nil {
+	if _, err := m.roll(rest, cfg, false); err != nil {
 		if _, rerr := m.roll(ps, old, true); rerr != nil {
 			m.log.Error("giving the previous config back", zap.Error(rerr))
 		}

@@ -143,3 +143,19 @@ func freeTCPPort(t *testing.T) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+func TestSameJSON(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{`{"a":1,"b":[1,2]}`, `{ "b": [1, 2], "a": 1 }`, true},
+		{`{"listen":["ipcbus-tcp/:80"]}`, `{"listen":[":80"]}`, false},
+		{`{"a":1}`, `{"a":1,"b":null}`, false},
+		{`{"a":`, `{"a":`, false},
+	} {
+		if got := sameJSON([]byte(tc.a), []byte(tc.b)); got != tc.want {
+			t.Errorf("sameJSON(%s, %s) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
