@@ -51,7 +51,11 @@ func writeFleetTable(out io.Writer, st fleet.Status, now time.Time) error {
 	fmt.Fprintf(out, "fleet %s  stream %s  this node %s, %s\n", st.Name, st.Stream, st.Node, conn)
 	fmt.Fprintf(out, "bridge pid %d since %s\n", st.Bridge.PID, ago(st.Bridge.Since, now))
 	fmt.Fprintf(out, "out: published %d  pending %d  lost %d  too large %d\n", st.Out.Published, st.Out.Pending, st.Out.Lost, st.Out.TooLarge)
-	fmt.Fprintf(out, "in:  applied %d  lag %d  lost %d  (stream seq %d)\n\n", st.In.Applied, st.In.Lag, st.In.Lost, st.In.StreamSeq)
+	if st.In.Started {
+		fmt.Fprintf(out, "in:  applied %d  lag %d  lost %d  (stream seq %d)\n\n", st.In.Applied, st.In.Lag, st.In.Lost, st.In.StreamSeq)
+	} else {
+		fmt.Fprintf(out, "in:  not started: the stream has not answered this host's first bridge yet\n\n")
+	}
 	if st.NodesError != "" {
 		fmt.Fprintf(out, "hosts unknown: %s\n", st.NodesError)
 		return nil

@@ -132,7 +132,8 @@ func joinURLs(urls []string) string {
 
 // initArea starts the zone's fleet state afresh when it belongs to no
 // fleet or another one (this fleet's name and node hash): outbound from the
-// current end of the ring, inbound from the stream's end.
+// current end of the ring, inbound from now (the join time, kept in
+// InApplied until the first bridge has its place in the stream).
 func (f *Fleet) initArea() {
 	h := fnv.New64a()
 	h.Write([]byte(f.cfg.Name + "\x00" + f.cfg.Node))
@@ -145,7 +146,7 @@ func (f *Fleet) initArea() {
 		if f.fa.Fleet.CompareAndSwap(cur, id) {
 			f.fa.OutNext.Store(f.z.Ring().Tail())
 			f.fa.StreamEpoch.Store(0)
-			f.fa.InApplied.Store(0)
+			f.fa.InApplied.Store(uint64(time.Now().UnixNano()))
 			for _, c := range []*atomic.Uint64{&f.fa.Published, &f.fa.OutLost, &f.fa.OutPending, &f.fa.Applied, &f.fa.InLag, &f.fa.InLost, &f.fa.NodesSeen} {
 				c.Store(0)
 			}

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -609,73 +610,95 @@ func TestFleetChain(t *testing.T) {
 
 // A host whose bridge starts while the stream cannot be reached (NATS away,
 // a cluster electing its leaders) still gets every event the fleet
-// publishes after its bridge took the lease, however late its consumer
-// starts: here host a publishes all of them before host b's inbound side
-// may reach the stream.
+// publishes after it joined, however late its consumer starts, and even
+// when another worker's bridge takes over before it got there: here host a
+// publishes all of them before host b's inbound side may reach the stream.
+// The stream's history from before the join is not for b; a new bridge
+// goes on from b's place; and a zone started afresh for another node name
+// goes on after the remote events its ring holds.
 func TestFleetLateStreamLosesNothing(t *testing.T) {
 	ns := startNATS(t)
 	a := newHost(t, ns, "a", 1, 4<<20)
 	a.bridge(t)
-	// The stream's history, from before host b's bridge: not for b.
+	post := func(from, to int, prefix string) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			if _, err := a.workers[0].bus.Post("app", prefix+strconv.Itoa(i), "x"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	published := func(n uint64) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); a.z.Fleet().Published.Load() < n; {
+			if time.Now().After(deadline) {
+				t.Fatalf("host a published %d of %d", a.z.Fleet().Published.Load(), n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	const old = 50
-	for i := range old {
-		if _, err := a.workers[0].bus.Post("app", "old"+strconv.Itoa(i), "x"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for deadline := time.Now().Add(10 * time.Second); a.z.Fleet().Published.Load() < old; {
-		if time.Now().After(deadline) {
-			t.Fatalf("host a published %d of %d", a.z.Fleet().Published.Load(), old)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	post(0, old, "old")
+	published(old)
+	time.Sleep(joinMargin + 100*time.Millisecond)
+
 	gate := make(chan struct{})
-	testHookInbound = func(f *Fleet) {
+	testHookInbound = func(ctx context.Context, f *Fleet) {
 		if f.cfg.Node == "b" {
-			<-gate
+			select {
+			case <-gate:
+			case <-ctx.Done():
+			}
 		}
 	}
 	t.Cleanup(func() { testHookInbound = nil })
 	b := newHost(t, ns, "b", 1, 4<<20)
-	deadline := time.Now().Add(10 * time.Second)
-	for !b.workers[0].fleet.Bridging() {
-		if time.Now().After(deadline) {
-			t.Fatal("host b: no bridge after 10s")
+	bridging := func(w *worker) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !w.fleet.Bridging(); {
+			if time.Now().After(deadline) {
+				t.Fatal("host b: no bridge after 10s")
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
+	bridging(b.workers[0])
 	onB := b.collectRemote(t, "app", "a")
 	const n = 200
-	for i := range n {
-		if _, err := a.workers[0].bus.Post("app", strconv.Itoa(i), "x"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for deadline := time.Now().Add(10 * time.Second); a.z.Fleet().Published.Load() < old+n; {
-		if time.Now().After(deadline) {
-			t.Fatalf("host a published %d of %d", a.z.Fleet().Published.Load(), old+n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if st := b.workers[0].fleet.Counters(); st.In.Started {
+	post(0, n/2, "")
+	published(old + n/2)
+	// The bridge dies before its inbound side reached the stream; another
+	// worker's takes over (later than the margin after those events), and
+	// waits for the stream as well.
+	time.Sleep(joinMargin + 100*time.Millisecond)
+	b.workers[0].halt()
+	bridging(b.addWorker(t, ns))
+	post(n/2, n, "")
+	published(old + n)
+	if st := b.workers[1].fleet.Counters(); st.In.Started || st.In.StreamSeq != 0 {
 		t.Fatalf("host b's inbound status: %+v, want not started yet", st.In)
 	}
 	close(gate)
 	checkSeries(t, onB.wait(t, n, 20*time.Second), "a", n)
-	st := b.workers[0].fleet.Counters()
+	st := b.workers[1].fleet.Counters()
 	if !st.In.Started || st.In.Applied != n || st.In.StreamSeq != old+n {
 		t.Fatalf("host b's inbound status: %+v, want started, %d applied, up to stream seq %d", st.In, n, old+n)
 	}
-	// A new bridge on host b goes on from there: nothing again, nothing
-	// of the history.
-	b.workers[0].halt()
-	b.addWorker(t, ns)
-	for i := n; i < n+10; i++ {
-		if _, err := a.workers[0].bus.Post("app", strconv.Itoa(i), "x"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// A new bridge on host b goes on from there: nothing again.
+	b.workers[1].halt()
+	bridging(b.addWorker(t, ns))
+	post(n, n+10, "")
 	checkSeries(t, onB.wait(t, n+10, 20*time.Second), "a", n+10)
+	// The zone's fleet state started afresh for another node name: on
+	// after the remote events the ring holds, with a place in the stream.
+	b.workers[2].halt()
+	renamed := b.addWorker(t, ns, func(c *Config) { c.Node = "b2" })
+	bridging(renamed)
+	post(n+10, n+20, "")
+	checkSeries(t, onB.wait(t, n+20, 20*time.Second), "a", n+20)
 	time.Sleep(200 * time.Millisecond)
-	checkSeries(t, onB.get(), "a", n+10)
+	checkSeries(t, onB.get(), "a", n+20)
+	if st := renamed.fleet.Counters(); !st.In.Started || st.In.StreamSeq != old+n+20 {
+		t.Fatalf("renamed host's inbound status: %+v, want started, up to stream seq %d", st.In, old+n+20)
+	}
 }

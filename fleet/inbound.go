@@ -13,8 +13,12 @@ import (
 	"github.com/ipcbus/caddy-ipcbus/zone"
 )
 
+// joinMargin is how long before its join a new host's first bridge takes
+// the fleet's events from.
+const joinMargin = time.Second
+
 // testHookInbound, set by tests, runs as the inbound side starts.
-var testHookInbound func(*Fleet)
+var testHookInbound func(context.Context, *Fleet)
 
 // inbound posts the other hosts' events into this host's ring, in the
 // stream's order, each exactly once. The position of record is the zone:
@@ -27,7 +31,7 @@ var testHookInbound func(*Fleet)
 // reorder events.
 func (f *Fleet) inbound(ctx context.Context) error {
 	if testHookInbound != nil {
-		testHookInbound(f)
+		testHookInbound(ctx, f)
 	}
 	st, err := f.stream(ctx)
 	if err != nil {
@@ -43,27 +47,35 @@ func (f *Fleet) inbound(ctx context.Context) error {
 		f.fa.InApplied.Store(0)
 		f.fa.StreamEpoch.Store(epoch)
 	}
-	// This host's first bridge takes the fleet's events from the time it
-	// took the lease, not from when the stream answered: a stream slow to
-	// answer (a cluster electing its leaders, NATS away) must not cost this
-	// host what was published meanwhile. Its place is set by the consumer
-	// below and kept from then on.
+	// Until this host first has its place in the stream (StreamEpoch 0),
+	// InApplied holds when it joined the fleet (initArea): its first
+	// bridge takes the fleet's events from then on, however late the
+	// stream answers (a cluster electing its leaders, NATS away) and
+	// whichever process holds the lease by then.
 	first := f.fa.StreamEpoch.Load() == 0
+	var joined time.Time
 	applied := f.fa.InApplied.Load()
+	if first {
+		joined = time.Unix(0, int64(applied))
+		if applied == 0 { // a zone from before the join time was kept
+			joined = time.Unix(0, f.fa.Since.Load())
+		}
+		applied = 0
+	}
 	sc, err := f.bus.ScanRemote(epoch, 2*time.Second)
 	if err != nil {
 		return err
 	}
 	if sc.LastStreamSeq > applied {
+		// Remote events of this stream are in the ring already (the area
+		// was started afresh for another node name, say): on from them.
 		applied = sc.LastStreamSeq
-		f.fa.InApplied.Store(applied)
-		first = false // remote events of this stream are here already
+		first = false
 	}
 	origins := sc.Origins
 	if fs := info.State.FirstSeq; !first && info.State.Msgs > 0 && fs > applied+1 {
 		f.lostIn(fs-applied-1, applied+1)
 		applied = fs - 1
-		f.fa.InApplied.Store(applied)
 	}
 	cc := jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{f.cfg.eventsFilter()},
@@ -74,24 +86,33 @@ func (f *Fleet) inbound(ctx context.Context) error {
 		// bounded requests, rather than the client retrying for ever.
 		MaxResetAttempts: 1,
 	}
+	if !first {
+		if err := f.position(applied, epoch); err != nil {
+			return err
+		}
+	}
 	if first {
-		since := time.Unix(0, f.fa.Since.Load())
-		cc.DeliverPolicy, cc.OptStartSeq, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, 0, &since
+		// A margin for the host's clock and the servers' being apart: a
+		// few events from just before the join are applied rather than
+		// any after it lost.
+		start := joined.Add(-joinMargin)
+		cc.DeliverPolicy, cc.OptStartSeq, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, 0, &start
 	}
 	cons, err := f.js.OrderedConsumer(ctx, f.cfg.Stream(), cc)
 	if err != nil {
 		return fmt.Errorf("consumer on %s: %w", f.cfg.Stream(), err)
 	}
 	if first {
-		// The server picked the first message at or after since: what
-		// precedes it counts as applied.
+		// The server picked the first message at or after the start time:
+		// what precedes it counts as applied.
 		ci := cons.CachedInfo()
 		if ci == nil {
 			return fmt.Errorf("consumer on %s: no consumer info to start from", f.cfg.Stream())
 		}
 		applied = ci.Delivered.Stream
-		f.fa.InApplied.Store(applied)
-		f.fa.StreamEpoch.Store(epoch)
+		if err := f.position(applied, epoch); err != nil {
+			return err
+		}
 	}
 	// A pull expiring every 5s with heartbeats every 2s: a consumer lost
 	// with its server is noticed (missed heartbeats) and made again.
@@ -126,6 +147,18 @@ func (f *Fleet) inbound(ctx context.Context) error {
 		f.fa.InLag.Store(md.NumPending)
 	}
 	return ctx.Err()
+}
+
+// position records where the inbound side stands: the last sequence
+// applied of the stream of that epoch. A bridge that lost its lease
+// meanwhile leaves that to its successor.
+func (f *Fleet) position(applied, epoch uint64) error {
+	if !f.owned() {
+		return errNotOwner
+	}
+	f.fa.InApplied.Store(applied)
+	f.fa.StreamEpoch.Store(epoch)
+	return nil
 }
 
 // apply posts one stream message into the ring, unless it is this host's

@@ -94,7 +94,10 @@ func (f *Fleet) Counters() Status {
 		st.Bridge = BridgeStatus{PID: int(f.fa.OwnerPID.Load()), Since: time.Unix(0, f.fa.Since.Load())}
 	}
 	st.Out = OutStatus{Published: f.fa.Published.Load(), Pending: f.fa.OutPending.Load(), Lost: f.fa.OutLost.Load(), TooLarge: f.tooLarge.Load()}
-	st.In = InStatus{Started: f.fa.StreamEpoch.Load() != 0, Applied: f.fa.Applied.Load(), Lag: f.fa.InLag.Load(), Lost: f.fa.InLost.Load(), StreamSeq: f.fa.InApplied.Load(), OutOfOrder: f.outOfOrder.Load()}
+	st.In = InStatus{Started: f.fa.StreamEpoch.Load() != 0, Applied: f.fa.Applied.Load(), Lag: f.fa.InLag.Load(), Lost: f.fa.InLost.Load(), OutOfOrder: f.outOfOrder.Load()}
+	if st.In.Started { // before, the word holds the join time
+		st.In.StreamSeq = f.fa.InApplied.Load()
+	}
 	return st
 }
 

@@ -229,6 +229,9 @@ type FleetArea struct {
 	OutNext atomic.Uint64
 	// StreamEpoch names the stream the inbound side applies (its creation
 	// time, Unix ns), and InApplied the last stream sequence applied from it.
+	// While StreamEpoch is 0 (the host's first bridge has not reached the
+	// stream yet), InApplied holds when the host joined the fleet (Unix
+	// ns), from which that bridge takes the fleet's events.
 	StreamEpoch atomic.Uint64
 	InApplied   atomic.Uint64
 	// Published counts events published and acknowledged; OutLost events
