@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -116,16 +117,91 @@ func inheritAddrs(o object, inherit map[string]*socket) {
 	if len(inherit) == 0 {
 		return
 	}
-	forEachListen(o, func(s string) string {
-		key, network, hostport, ok := listenKey(s)
-		if !ok {
-			return s
+	forEachListen(o, func(s string) string { return inheritAddr(s, inherit) })
+}
+
+// inheritAddr is the listen address s in the network the worker serves
+// it from, when inherit has a socket for it; s otherwise.
+func inheritAddr(s string, inherit map[string]*socket) string {
+	key, network, hostport, ok := listenKey(s)
+	if !ok {
+		return s
+	}
+	if sk := inherit[key]; sk == nil || sk.down.Load() {
+		return s
+	}
+	return NetworkPrefix + network + "/" + hostport
+}
+
+// inheritBody is the body of a change of the config at path (a /config/
+// path, with its query) with the listen addresses it holds rewritten as
+// inheritAddrs rewrites a whole config: a server, its listen list or one
+// entry of it, or any object above them. A worker given the change then
+// serves those addresses from its inherited sockets at once, never from a
+// socket of its own, whose queue it would reset when it is given the
+// inherited one. Other bodies (an /id/ path, what is not JSON) come back
+// as they are.
+func inheritBody(path string, body []byte, inherit map[string]*socket) []byte {
+	if len(inherit) == 0 {
+		return body
+	}
+	path, _, _ = strings.Cut(path, "?")
+	rest, ok := strings.CutPrefix(path, "/config/")
+	if !ok {
+		return body
+	}
+	segs := strings.Split(strings.Trim(rest, "/"), "/")
+	want := []string{"apps", "http", "servers", "", "listen", ""} // "" is any
+	if len(segs) > len(want) {
+		return body
+	}
+	for i, sg := range segs {
+		if sg == "" || want[i] != "" && sg != want[i] {
+			return body
 		}
-		if sk := inherit[key]; sk == nil || sk.down.Load() {
-			return s
+	}
+	var v any
+	if json.Unmarshal(body, &v) != nil {
+		return body
+	}
+	if len(segs) >= 5 { // the list, an entry of it, or entries to append ("/...")
+		switch x := v.(type) {
+		case string:
+			v = inheritAddr(x, inherit)
+		case []any:
+			for i, a := range x {
+				if str, ok := a.(string); ok {
+					x[i] = inheritAddr(str, inherit)
+				}
+			}
+		default:
+			return body
 		}
-		return NetworkPrefix + network + "/" + hostport
-	})
+		out, err := json.Marshal(v)
+		if err != nil {
+			return body
+		}
+		return out
+	}
+	// Put the value where it goes in a whole config, rewrite, take it out.
+	top := v
+	for i := len(segs) - 1; i >= 0; i-- {
+		top = object{segs[i]: top}
+	}
+	o, ok := top.(object)
+	if !ok {
+		return body
+	}
+	inheritAddrs(o, inherit)
+	for _, sg := range segs {
+		v = o[sg]
+		o, _ = v.(object)
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return body
+	}
+	return out
 }
 
 // openSockets binds the TCP addresses of the config's servers. An
@@ -173,7 +249,25 @@ func bindShared(network, hostport string) (*os.File, error) {
 	if !ok {
 		return nil, fmt.Errorf("listening on %s: not a TCP listener", hostport)
 	}
-	return tl.File()
+	// Not tl.File(): its file puts the socket in blocking mode when a
+	// worker is started with it (os.StartProcess calls Fd), and the mode
+	// belongs to the socket, shared with every worker: a worker's accept
+	// then blocks in the kernel, where neither a pause nor Close reaches
+	// it (a worker told to stop waited for its next connection). A file
+	// made by os.NewFile leaves the mode alone.
+	rc, err := tl.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var fd int
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("listening on %s: %w", hostport, derr)
+	}
+	return os.NewFile(uintptr(fd), "listener "+network+"/"+hostport), nil
 }
 
 // ReusePort sets SO_REUSEPORT on a socket before it binds, as Caddy does

@@ -2,12 +2,15 @@ package master
 
 import (
 	"encoding/json"
+	"errors"
 	"net"
+	"os/exec"
 	"strconv"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 func TestListenKey(t *testing.T) {
@@ -157,5 +160,95 @@ func TestSameJSON(t *testing.T) {
 		if got := sameJSON([]byte(tc.a), []byte(tc.b)); got != tc.want {
 			t.Errorf("sameJSON(%s, %s) = %v, want %v", tc.a, tc.b, got, tc.want)
 		}
+	}
+}
+
+func TestInheritBody(t *testing.T) {
+	inherit := map[string]*socket{"tcp/:8080": {key: "tcp/:8080"}, "tcp4/127.0.0.1:9000": {key: "tcp4/127.0.0.1:9000"}}
+	down := &socket{key: "tcp/:7000"}
+	down.down.Store(true)
+	inherit["tcp/:7000"] = down
+	for _, tc := range []struct {
+		path, body, want string
+	}{
+		{"/config/apps/http/servers/srv0/listen", `[":8080",":8081","tcp4/127.0.0.1:9000",":7000"]`, `["ipcbus-tcp/:8080",":8081","ipcbus-tcp4/127.0.0.1:9000",":7000"]`},
+		{"/config/apps/http/servers/srv0/listen/0", `":8080"`, `"ipcbus-tcp/:8080"`},
+		{"/config/apps/http/servers/srv0/listen", `":8080"`, `"ipcbus-tcp/:8080"`}, // POST: one more entry
+		{"/config/apps/http/servers/srv0/listen/...", `[":8080"]`, `["ipcbus-tcp/:8080"]`},
+		{"/config/apps/http/servers/srv0", `{"listen":[":8080"],"routes":[]}`, `{"listen":["ipcbus-tcp/:8080"],"routes":[]}`},
+		{"/config/apps/http/servers/", `{"a":{"listen":[":8080"]},"b":{"listen":[":9"]}}`, `{"a":{"listen":["ipcbus-tcp/:8080"]},"b":{"listen":[":9"]}}`},
+		{"/config/apps/http?x=1", `{"servers":{"a":{"listen":[":8080"]}}}`, `{"servers":{"a":{"listen":["ipcbus-tcp/:8080"]}}}`},
+		{"/config/apps", `{"http":{"servers":{"a":{"listen":[":8080"]}}},"tls":{}}`, `{"http":{"servers":{"a":{"listen":["ipcbus-tcp/:8080"]}}},"tls":{}}`},
+		// Not a place of listen addresses, or not rewritable: as it came.
+		{"/config/apps/layer4/servers/a/listen", `[":8080"]`, `[":8080"]`},
+		{"/config/apps/http/servers/srv0/routes", `[{"listen":[":8080"]}]`, `[{"listen":[":8080"]}]`},
+		{"/id/site0", `{"listen":[":8080"]}`, `{"listen":[":8080"]}`},
+		{"/config/apps/http/servers/srv0/listen", `[":8080"`, `[":8080"`},
+		{"/config/apps/http/servers/srv0/listen", `42`, `42`},
+	} {
+		got := inheritBody(tc.path, []byte(tc.body), inherit)
+		if !sameJSON(got, []byte(tc.want)) && string(got) != tc.want {
+			t.Errorf("inheritBody(%s, %s) = %s, want %s", tc.path, tc.body, got, tc.want)
+		}
+	}
+	if got := inheritBody("/config/apps/http/servers/srv0/listen", []byte(`[":8080"]`), nil); string(got) != `[":8080"]` {
+		t.Errorf("without inherited sockets: %s", got)
+	}
+}
+
+// TestSocketsStayNonBlocking: starting a worker with the shared socket
+// (os.StartProcess takes each file's Fd) leaves the socket in
+// non-blocking mode, which it shares with the workers' listeners: in
+// blocking mode a worker's accept waits in the kernel, where a pause's
+// deadline and Close do not reach it.
+func TestSocketsStayNonBlocking(t *testing.T) {
+	port := freeTCPPort(t)
+	m := &Master{log: zap.NewNop(), config: []byte(`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:` + strconv.Itoa(port) + `"]}}}}}`)}
+	m.openSockets()
+	defer m.closeSockets()
+	_, files, _ := m.inheritLocked()
+	if len(files) != 1 {
+		t.Fatalf("inherit: %v", files)
+	}
+	worker, err := net.FileListener(files[0]) // a running worker's listener
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer worker.Close()
+	nonBlocking := func() bool {
+		rc, err := worker.(*net.TCPListener).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var flags int
+		rc.Control(func(fd uintptr) { flags, _ = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+		return flags&unix.O_NONBLOCK != 0
+	}
+	if !nonBlocking() {
+		t.Fatal("the worker's listener is blocking from the start")
+	}
+	cmd := exec.Command("true") // another worker started with the socket
+	cmd.ExtraFiles = files
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if !nonBlocking() {
+		t.Fatal("starting a process with the shared socket put it in blocking mode")
+	}
+	// And a blocked Accept ends when the listener closes.
+	done := make(chan error, 1)
+	go func() {
+		_, err := worker.Accept()
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	worker.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Accept after Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept still blocked 5s after Close")
 	}
 }
