@@ -86,17 +86,14 @@ func (f *Fleet) inbound(ctx context.Context) error {
 		// bounded requests, rather than the client retrying for ever.
 		MaxResetAttempts: 1,
 	}
-	if !first {
-		if err := f.position(applied, epoch); err != nil {
-			return err
-		}
-	}
 	if first {
 		// A margin for the host's clock and the servers' being apart: a
 		// few events from just before the join are applied rather than
 		// any after it lost.
 		start := joined.Add(-joinMargin)
 		cc.DeliverPolicy, cc.OptStartSeq, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, 0, &start
+	} else if err := f.position(applied, epoch); err != nil {
+		return err
 	}
 	cons, err := f.js.OrderedConsumer(ctx, f.cfg.Stream(), cc)
 	if err != nil {

@@ -201,7 +201,7 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 			m.log.Info("the change named a shared address: the first worker takes it on the master's socket too", zap.Int("pid", ps[0].pid()))
 		}
 	}
-	if len(ps) > 1 || len(rest) == len(ps) {
+	if len(rest) > 0 {
 		time.Sleep(settle)
 	}
 	if _, err := m.roll(rest, cfg, false); err != nil {
