@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -107,11 +108,23 @@ func openChromium(t *testing.T, chrome, dir, page string) func(string) any {
 	cmd := exec.Command(chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--user-data-dir="+filepath.Join(dir, "chrome"), "--remote-debugging-port=0", "--remote-allow-origins=*", page)
+	// Its own process group: Chromium's helper processes write to the
+	// profile until they end too, and the profile's removal fails if they
+	// still do.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() {
+		pgid := cmd.Process.Pid
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		cmd.Wait()
+		for deadline := time.Now().Add(10 * time.Second); syscall.Kill(-pgid, 0) == nil && time.Now().Before(deadline); {
+			syscall.Kill(-pgid, syscall.SIGKILL)
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
 	devtools := make(chan string, 1)
 	go func() {
 		re := regexp.MustCompile(`ws://127\.0\.0\.1:(\d+)/`)

@@ -173,7 +173,7 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 	var status int
 	var answer []byte
 	err := ps[0].pause(func() (err error) {
-		status, answer, err = ps[0].call(ctx, method, path, inheritBody(path, body, ps[0].inherit), hdr)
+		status, answer, err = ps[0].call(ctx, method, path, inheritBody(old, path, body, ps[0].inherit), hdr)
 		return err
 	})
 	if err != nil {
@@ -192,8 +192,8 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 		_ = os.WriteFile(ps[0].cfg, wc, 0o600)
 		if !sameJSON(wc, now) {
 			// The change named a shared address in a way inheritBody
-			// does not rewrite (through an /id/ path): the first worker
-			// bound a socket of its own for it. It gets the address as
+			// does not rewrite (an @id the master's copy lacks): the
+			// first worker bound a socket of its own for it. It gets the address as
 			// the others do, on the master's socket, rather than keeping
 			// its own until the next full load; the connections waiting
 			// in its own socket's queue are reset.

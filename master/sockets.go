@@ -134,23 +134,37 @@ func inheritAddr(s string, inherit map[string]*socket) string {
 }
 
 // inheritBody is the body of a change of the config at path (a /config/
-// path, with its query) with the listen addresses it holds rewritten as
+// or /id/ path, with its query; an /id/ is looked up in cfg, the config
+// the change applies to) with the listen addresses it holds rewritten as
 // inheritAddrs rewrites a whole config: a server, its listen list or one
 // entry of it, or any object above them. A worker given the change then
 // serves those addresses from its inherited sockets at once, never from a
 // socket of its own, whose queue it would reset when it is given the
-// inherited one. Other bodies (an /id/ path, what is not JSON) come back
-// as they are.
-func inheritBody(path string, body []byte, inherit map[string]*socket) []byte {
+// inherited one. Other bodies (an unknown @id, what is not JSON) come
+// back as they are.
+func inheritBody(cfg []byte, path string, body []byte, inherit map[string]*socket) []byte {
 	if len(inherit) == 0 {
 		return body
 	}
 	path, _, _ = strings.Cut(path, "?")
-	rest, ok := strings.CutPrefix(path, "/config/")
-	if !ok {
+	var segs []string
+	if rest, ok := strings.CutPrefix(path, "/config/"); ok {
+		segs = strings.Split(strings.Trim(rest, "/"), "/")
+	} else if rest, ok := strings.CutPrefix(path, "/id/"); ok {
+		id, below, _ := strings.Cut(strings.Trim(rest, "/"), "/")
+		o, err := decode(cfg)
+		if err != nil {
+			return body
+		}
+		if segs, ok = idPath(o, id); !ok {
+			return body
+		}
+		if below != "" {
+			segs = append(segs, strings.Split(below, "/")...)
+		}
+	} else {
 		return body
 	}
-	segs := strings.Split(strings.Trim(rest, "/"), "/")
 	want := []string{"apps", "http", "servers", "", "listen", ""} // "" is any
 	if len(segs) > len(want) {
 		return body
@@ -202,6 +216,29 @@ func inheritBody(path string, body []byte, inherit map[string]*socket) []byte {
 		return body
 	}
 	return out
+}
+
+// idPath is where in v the object with "@id": id is, as the segments of
+// its /config/ path.
+func idPath(v any, id string) ([]string, bool) {
+	switch x := v.(type) {
+	case object:
+		if s, ok := x["@id"].(string); ok && s == id {
+			return []string{}, true
+		}
+		for k, c := range x {
+			if p, ok := idPath(c, id); ok {
+				return append([]string{k}, p...), true
+			}
+		}
+	case []any:
+		for i, c := range x {
+			if p, ok := idPath(c, id); ok {
+				return append([]string{strconv.Itoa(i)}, p...), true
+			}
+		}
+	}
+	return nil, false
 }
 
 // openSockets binds the TCP addresses of the config's servers. An

@@ -164,6 +164,7 @@ func TestSameJSON(t *testing.T) {
 }
 
 func TestInheritBody(t *testing.T) {
+	cfg := []byte(`{"apps":{"http":{"servers":{"srv0":{"@id":"site","listen":[":8080"],"routes":[{"@id":"route"}]}}}}}`)
 	inherit := map[string]*socket{"tcp/:8080": {key: "tcp/:8080"}, "tcp4/127.0.0.1:9000": {key: "tcp4/127.0.0.1:9000"}}
 	down := &socket{key: "tcp/:7000"}
 	down.down.Store(true)
@@ -182,16 +183,21 @@ func TestInheritBody(t *testing.T) {
 		// Not a place of listen addresses, or not rewritable: as it came.
 		{"/config/apps/layer4/servers/a/listen", `[":8080"]`, `[":8080"]`},
 		{"/config/apps/http/servers/srv0/routes", `[{"listen":[":8080"]}]`, `[{"listen":[":8080"]}]`},
-		{"/id/site0", `{"listen":[":8080"]}`, `{"listen":[":8080"]}`},
+		// An @id the config has: rewritten where it stands.
+		{"/id/site", `{"@id":"site","listen":[":8080"]}`, `{"@id":"site","listen":["ipcbus-tcp/:8080"]}`},
+		{"/id/site/listen", `[":8080"]`, `["ipcbus-tcp/:8080"]`},
+		{"/id/site/listen/0", `":8080"`, `"ipcbus-tcp/:8080"`},
+		{"/id/route", `{"listen":[":8080"]}`, `{"listen":[":8080"]}`}, // not a server
+		{"/id/nowhere/listen", `[":8080"]`, `[":8080"]`},
 		{"/config/apps/http/servers/srv0/listen", `[":8080"`, `[":8080"`},
 		{"/config/apps/http/servers/srv0/listen", `42`, `42`},
 	} {
-		got := inheritBody(tc.path, []byte(tc.body), inherit)
+		got := inheritBody(cfg, tc.path, []byte(tc.body), inherit)
 		if !sameJSON(got, []byte(tc.want)) && string(got) != tc.want {
 			t.Errorf("inheritBody(%s, %s) = %s, want %s", tc.path, tc.body, got, tc.want)
 		}
 	}
-	if got := inheritBody("/config/apps/http/servers/srv0/listen", []byte(`[":8080"]`), nil); string(got) != `[":8080"]` {
+	if got := inheritBody(cfg, "/config/apps/http/servers/srv0/listen", []byte(`[":8080"]`), nil); string(got) != `[":8080"]` {
 		t.Errorf("without inherited sockets: %s", got)
 	}
 }
