@@ -702,3 +702,53 @@ func TestFleetLateStreamLosesNothing(t *testing.T) {
 		t.Fatalf("renamed host's inbound status: %+v, want started, up to stream seq %d", st.In, old+n+20)
 	}
 }
+
+// A stream deleted and made again while a host's inbound side makes its
+// consumer: the host applies the new stream from its start, not from the
+// old one's place (here, without the check, the first ten events of the
+// new stream were never applied).
+func TestFleetStreamRecreatedUnderTheConsumer(t *testing.T) {
+	ns := startNATS(t)
+	a, b := pair(t, ns, 1, 4<<20)
+	onB := b.collectRemote(t, "app", "a")
+	post := func(from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			if _, err := a.workers[0].bus.Post("app", strconv.Itoa(i), "x"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	post(0, 10)
+	checkSeries(t, onB.wait(t, 10, 10*time.Second), "a", 10)
+	var once sync.Once
+	recreated := make(chan struct{})
+	testHookInboundInfo = func(ctx context.Context, f *Fleet) {
+		if f.cfg.Node != "b" {
+			return
+		}
+		once.Do(func() {
+			defer close(recreated)
+			if err := f.js.DeleteStream(ctx, f.cfg.Stream()); err != nil {
+				t.Errorf("deleting the stream: %v", err)
+				return
+			}
+			if _, err := f.stream(ctx); err != nil {
+				t.Errorf("making the stream again: %v", err)
+			}
+		})
+	}
+	t.Cleanup(func() { testHookInboundInfo = nil })
+	// Host b's inbound side starts again: its bridge is taken over.
+	b.workers[0].halt()
+	b.addWorker(t, ns)
+	select {
+	case <-recreated:
+	case <-time.After(20 * time.Second):
+		t.Fatal("host b's inbound side did not start again")
+	}
+	post(10, 30)
+	checkSeries(t, onB.wait(t, 30, 20*time.Second), "a", 30)
+	time.Sleep(200 * time.Millisecond)
+	checkSeries(t, onB.get(), "a", 30)
+}

@@ -17,8 +17,9 @@ import (
 // the fleet's events from.
 const joinMargin = time.Second
 
-// testHookInbound, set by tests, runs as the inbound side starts.
-var testHookInbound func(context.Context, *Fleet)
+// testHookInbound and testHookInboundInfo, set by tests, run as the
+// inbound side starts and once it has read the stream's info.
+var testHookInbound, testHookInboundInfo func(context.Context, *Fleet)
 
 // inbound posts the other hosts' events into this host's ring, in the
 // stream's order, each exactly once. The position of record is the zone:
@@ -40,6 +41,9 @@ func (f *Fleet) inbound(ctx context.Context) error {
 	info, err := st.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", f.cfg.Stream(), err)
+	}
+	if testHookInboundInfo != nil {
+		testHookInboundInfo(ctx, f)
 	}
 	epoch := uint64(info.Created.UnixNano())
 	if prev := f.fa.StreamEpoch.Load(); prev != 0 && prev != epoch {
@@ -98,6 +102,14 @@ func (f *Fleet) inbound(ctx context.Context) error {
 	cons, err := f.js.OrderedConsumer(ctx, f.cfg.Stream(), cc)
 	if err != nil {
 		return fmt.Errorf("consumer on %s: %w", f.cfg.Stream(), err)
+	}
+	// A stream deleted and made again since the Info above would be read
+	// from the old one's place, under the old one's epoch: start over,
+	// and the next round applies the new one from its start.
+	if again, err := st.Info(ctx); err != nil {
+		return fmt.Errorf("stream %s: %w", f.cfg.Stream(), err)
+	} else if uint64(again.Created.UnixNano()) != epoch {
+		return fmt.Errorf("stream %s: created again while its consumer was made", f.cfg.Stream())
 	}
 	if first {
 		// The server picked the first message at or after the start time:
