@@ -752,3 +752,41 @@ func TestFleetStreamRecreatedUnderTheConsumer(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	checkSeries(t, onB.get(), "a", 30)
 }
+
+// A position half written (a sequence stored, the epoch not yet: the
+// process died between the two) is not read as a join time in 1970: the
+// host's first bridge starts from its lease, not from the stream's history.
+func TestFleetHalfWrittenPosition(t *testing.T) {
+	ns := startNATS(t)
+	a := newHost(t, ns, "a", 1, 4<<20)
+	a.bridge(t)
+	for i := range 20 {
+		if _, err := a.workers[0].bus.Post("app", "old"+strconv.Itoa(i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); a.z.Fleet().Published.Load() < 20; {
+		if time.Now().After(deadline) {
+			t.Fatal("host a did not publish its events")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(joinMargin + 100*time.Millisecond)
+	testHookInbound = func(_ context.Context, f *Fleet) {
+		if f.cfg.Node == "b" && f.fa.StreamEpoch.Load() == 0 {
+			f.fa.InApplied.Store(5)
+		}
+	}
+	t.Cleanup(func() { testHookInbound = nil })
+	b := newHost(t, ns, "b", 1, 4<<20)
+	onB := b.collectRemote(t, "app", "a")
+	b.bridge(t)
+	for i := range 3 {
+		if _, err := a.workers[0].bus.Post("app", strconv.Itoa(i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkSeries(t, onB.wait(t, 3, 10*time.Second), "a", 3)
+	time.Sleep(200 * time.Millisecond)
+	checkSeries(t, onB.get(), "a", 3)
+}

@@ -17,6 +17,10 @@ import (
 // the fleet's events from.
 const joinMargin = time.Second
 
+// minJoinTime is the least join time taken as one (2020-01-01, Unix ns):
+// the word holding it holds a stream sequence otherwise.
+const minJoinTime = 1577836800 * uint64(time.Second)
+
 // testHookInbound and testHookInboundInfo, set by tests, run as the
 // inbound side starts and once it has read the stream's info.
 var testHookInbound, testHookInboundInfo func(context.Context, *Fleet)
@@ -60,9 +64,11 @@ func (f *Fleet) inbound(ctx context.Context) error {
 	var joined time.Time
 	applied := f.fa.InApplied.Load()
 	if first {
-		joined = time.Unix(0, int64(applied))
-		if applied == 0 { // a zone from before the join time was kept
-			joined = time.Unix(0, f.fa.Since.Load())
+		joined = time.Unix(0, f.fa.Since.Load())
+		// Not a time: a zone from before the join time was kept, or a
+		// process died between position's two stores (a sequence).
+		if applied >= minJoinTime {
+			joined = time.Unix(0, int64(applied))
 		}
 		applied = 0
 	}
