@@ -192,8 +192,8 @@ func (m *Master) mutate(method, path string, body []byte, hdr http.Header) (int,
 		_ = os.WriteFile(ps[0].cfg, wc, 0o600)
 		if !sameJSON(wc, now) {
 			// The change named a shared address in a way inheritBody
-			// does not rewrite (an @id the master's copy lacks): the
-			// first worker bound a socket of its own for it. It gets the address as
+			// does not rewrite (an append past an index, "listen/0/...",
+			// say): the first worker bound a socket of its own for it. It gets the address as
 			// the others do, on the master's socket, rather than keeping
 			// its own until the next full load; the connections waiting
 			// in its own socket's queue are reset.

@@ -1,11 +1,14 @@
 package master
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -142,28 +145,35 @@ func inheritAddr(s string, inherit map[string]*socket) string {
 // socket of its own, whose queue it would reset when it is given the
 // inherited one. Other bodies (an unknown @id, what is not JSON) come
 // back as they are.
-func inheritBody(cfg []byte, path string, body []byte, inherit map[string]*socket) []byte {
-	if len(inherit) == 0 {
+func inheritBody(cfg []byte, uri string, body []byte, inherit map[string]*socket) []byte {
+	if len(inherit) == 0 || len(bytes.TrimSpace(body)) == 0 {
 		return body
 	}
-	path, _, _ = strings.Cut(path, "?")
-	var segs []string
-	if rest, ok := strings.CutPrefix(path, "/config/"); ok {
-		segs = strings.Split(strings.Trim(rest, "/"), "/")
-	} else if rest, ok := strings.CutPrefix(path, "/id/"); ok {
-		id, below, _ := strings.Cut(strings.Trim(rest, "/"), "/")
+	// The path as Caddy reads it: decoded, an /id/ expanded and cleaned.
+	u, err := url.ParseRequestURI(uri)
+	if err != nil {
+		return body
+	}
+	p := u.Path
+	if rest, ok := strings.CutPrefix(p, "/id/"); ok {
+		id, below, _ := strings.Cut(rest, "/")
 		o, err := decode(cfg)
 		if err != nil {
 			return body
 		}
-		if segs, ok = idPath(o, id); !ok {
+		at, ok := idPath(o, id)
+		if !ok {
 			return body
 		}
-		if below != "" {
-			segs = append(segs, strings.Split(below, "/")...)
-		}
-	} else {
+		p = path.Join("/config", strings.Join(at, "/"), below)
+	}
+	rest, ok := strings.CutPrefix(p+"/", "/config/")
+	if !ok {
 		return body
+	}
+	var segs []string
+	if rest = strings.Trim(rest, "/"); rest != "" {
+		segs = strings.Split(rest, "/")
 	}
 	want := []string{"apps", "http", "servers", "", "listen", ""} // "" is any
 	if len(segs) > len(want) {
@@ -223,7 +233,7 @@ func inheritBody(cfg []byte, path string, body []byte, inherit map[string]*socke
 func idPath(v any, id string) ([]string, bool) {
 	switch x := v.(type) {
 	case object:
-		if s, ok := x["@id"].(string); ok && s == id {
+		if at, ok := x["@id"]; ok && fmt.Sprint(at) == id { // a string or a number, as Caddy takes it
 			return []string{}, true
 		}
 		for k, c := range x {

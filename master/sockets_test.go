@@ -164,7 +164,8 @@ func TestSameJSON(t *testing.T) {
 }
 
 func TestInheritBody(t *testing.T) {
-	cfg := []byte(`{"apps":{"http":{"servers":{"srv0":{"@id":"site","listen":[":8080"],"routes":[{"@id":"route"}]}}}}}`)
+	cfg := []byte(`{"@id":"root","apps":{"http":{"servers":{"srv0":{"@id":"site","listen":[":8080"],"routes":[{"@id":"route"}]},` +
+		`"srv1":{"@id":"my site","listen":[":8080"]},"srv2":{"@id":7,"listen":[":8080"]}}}}}`)
 	inherit := map[string]*socket{"tcp/:8080": {key: "tcp/:8080"}, "tcp4/127.0.0.1:9000": {key: "tcp4/127.0.0.1:9000"}}
 	down := &socket{key: "tcp/:7000"}
 	down.down.Store(true)
@@ -189,6 +190,12 @@ func TestInheritBody(t *testing.T) {
 		{"/id/site/listen/0", `":8080"`, `"ipcbus-tcp/:8080"`},
 		{"/id/route", `{"listen":[":8080"]}`, `{"listen":[":8080"]}`}, // not a server
 		{"/id/nowhere/listen", `[":8080"]`, `[":8080"]`},
+		// As Caddy reads the path: decoded, an /id/ expanded and cleaned.
+		{"/config/apps/http/servers/srv0/list%65n", `[":8080"]`, `["ipcbus-tcp/:8080"]`},
+		{"/id/my%20site//listen/", `[":8080"]`, `["ipcbus-tcp/:8080"]`},
+		{"/id/7/listen", `[":8080"]`, `["ipcbus-tcp/:8080"]`}, // a numeric @id
+		{"/id/root", `{"apps":{"http":{"servers":{"x":{"listen":[":8080"]}}}}}`, `{"apps":{"http":{"servers":{"x":{"listen":["ipcbus-tcp/:8080"]}}}}}`},
+		{"/config/apps/http/servers/srv0/listen", ``, ``}, // DELETE
 		{"/config/apps/http/servers/srv0/listen", `[":8080"`, `[":8080"`},
 		{"/config/apps/http/servers/srv0/listen", `42`, `42`},
 	} {
