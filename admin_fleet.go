@@ -63,6 +63,7 @@ var fleetMetrics = []struct {
 	{fleetDesc("applied_total", "Events of other hosts posted on this host."), prometheus.CounterValue, func(s *fleet.Status, _ bool) float64 { return float64(s.In.Applied) }},
 	{fleetDesc("in_lag", "Fleet stream messages not yet applied on this host, as last seen."), prometheus.GaugeValue, func(s *fleet.Status, _ bool) float64 { return float64(s.In.Lag) }},
 	{fleetDesc("in_lost_total", "Fleet stream messages dropped by the stream before this host applied them."), prometheus.CounterValue, func(s *fleet.Status, _ bool) float64 { return float64(s.In.Lost) }},
+	{fleetDesc("in_started", "1 once this host has its place in the fleet's stream (0 while its first bridge has not reached it)."), prometheus.GaugeValue, func(s *fleet.Status, _ bool) float64 { return b2f(s.In.Started) }},
 	{fleetDesc("connected", "1 while this process is connected to NATS."), prometheus.GaugeValue, func(s *fleet.Status, _ bool) float64 { return b2f(s.Connected) }},
 	{fleetDesc("bridge", "1 while this process runs the host's bridge."), prometheus.GaugeValue, func(_ *fleet.Status, b bool) float64 { return b2f(b) }},
 }

@@ -308,7 +308,7 @@ func TestFleetHTTP(t *testing.T) {
 	// Metrics, read from the zone by any process of the host (20 chat
 	// events and one run-once winner or more were published by a).
 	m := a.procs[1].metrics(t)
-	for _, want := range []string{"caddy_ipcbus_fleet_published_total", "caddy_ipcbus_fleet_connected 1", "caddy_ipcbus_fleet_out_lost_total 0"} {
+	for _, want := range []string{"caddy_ipcbus_fleet_published_total", "caddy_ipcbus_fleet_connected 1", "caddy_ipcbus_fleet_out_lost_total 0", "caddy_ipcbus_fleet_in_started 1"} {
 		if !strings.Contains(m, want) {
 			t.Fatalf("metrics lack %q", want)
 		}
