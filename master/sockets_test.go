@@ -84,14 +84,22 @@ func TestWorkerConfigInherits(t *testing.T) {
 	}
 }
 
+// masterOnOnePort is a master holding the socket of one site address on
+// a free port, closed at the end of the test.
+func masterOnOnePort(t *testing.T) (*Master, int) {
+	t.Helper()
+	port := freeTCPPort(t)
+	m := &Master{log: zap.NewNop(), config: []byte(`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:` + strconv.Itoa(port) + `"]}}}}}`)}
+	m.openSockets()
+	t.Cleanup(m.closeSockets)
+	return m, port
+}
+
 // TestSocketsSurviveAWorker shows what the shared socket is for: a
 // connection queued while no one accepts is still there for the next
 // listener after one listener on the socket closed.
 func TestSocketsSurviveAWorker(t *testing.T) {
-	port := freeTCPPort(t)
-	m := &Master{log: zap.NewNop(), config: []byte(`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:` + strconv.Itoa(port) + `"]}}}}}`)}
-	m.openSockets()
-	defer m.closeSockets()
+	m, port := masterOnOnePort(t)
 	in, files, env := m.inheritLocked()
 	key := "tcp/127.0.0.1:" + strconv.Itoa(port)
 	if len(files) != 1 || in[key] == nil || env != ListenFDsEnv+"="+key+"=3" {
@@ -215,10 +223,7 @@ func TestInheritBody(t *testing.T) {
 // blocking mode a worker's accept waits in the kernel, where a pause's
 // deadline and Close do not reach it.
 func TestSocketsStayNonBlocking(t *testing.T) {
-	port := freeTCPPort(t)
-	m := &Master{log: zap.NewNop(), config: []byte(`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:` + strconv.Itoa(port) + `"]}}}}}`)}
-	m.openSockets()
-	defer m.closeSockets()
+	m, _ := masterOnOnePort(t)
 	_, files, _ := m.inheritLocked()
 	if len(files) != 1 {
 		t.Fatalf("inherit: %v", files)
