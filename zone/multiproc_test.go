@@ -102,6 +102,19 @@ func helperMain(role string) int {
 		for {
 			rd.Read(time.Hour)
 		}
+	case "sleepers":
+		// ZONE_READERS readers, each in its own goroutine, reading every
+		// record as it comes, until killed.
+		for range envInt("ZONE_READERS") {
+			rd := r.NewReader(r.Tail())
+			go func() {
+				for {
+					rd.Read(time.Hour)
+				}
+			}()
+		}
+		fmt.Println("ready")
+		select {}
 	case "lessee":
 		// Leases a segment with one record, then waits to be killed.
 		if _, err := r.Write(Meta{}, []byte("mine")); err != nil {
