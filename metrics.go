@@ -74,6 +74,9 @@ var metricDescs = []metricDesc{
 	gauge("blob_quota_bytes", "The blob quota this process checks (blob_quota).", func(s *snapshotForMetrics) float64 { return float64(s.blobQuota) }),
 	gauge("http_open_streams", "Long-polls and streams of ipcbus_poll open in this process.", func(s *snapshotForMetrics) float64 { return float64(s.report.HTTP.OpenStreams) }),
 	gauge("http_shared_streams", "Streams of ipcbus_poll written by the shared stream writers now.", func(s *snapshotForMetrics) float64 { return float64(s.report.HTTP.SharedStreams) }),
+	counter("http_inline_passes_total", "Passes over a small shared writer's streams made by the goroutine that learnt of the event.", func(s *snapshotForMetrics) float64 {
+		return float64(s.report.HTTP.InlinePasses)
+	}),
 	counter("http_streams_refused_total", "Polls and streams answered 503 for max_streams or the process-wide cap.", func(s *snapshotForMetrics) float64 {
 		return float64(s.report.HTTP.StreamsRefused)
 	}),

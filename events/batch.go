@@ -29,6 +29,9 @@ type BatchItem struct {
 // and the error says so.
 func (b *Bus) PostBatch(items []BatchItem) (first, last uint64, err error) {
 	first, last, err = b.postBatch(items)
+	if err == nil || errors.Is(err, zone.ErrAbandoned) || errors.Is(err, zone.ErrOverwritten) {
+		b.runHooks() // the batch is in the ring, in part at least
+	}
 	if err != nil {
 		b.st.postErrors.Add(1)
 		return 0, 0, fmt.Errorf("failed posting a batch of %d events; %w", len(items), err)
@@ -101,6 +104,6 @@ func (b *Bus) postBatch(items []BatchItem) (uint64, uint64, error) {
 		undo() // nothing was posted
 		return 0, 0, err
 	}
-	b.wakeReaders(first + uint64(len(items)) - 1)
+	b.wakeReaders(first, first+uint64(len(items))-1)
 	return first, first + uint64(len(items)) - 1, err
 }

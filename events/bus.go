@@ -183,10 +183,13 @@ type Bus struct {
 	rmu     sync.RWMutex    // posts and pollers hold it to use the zone
 	shut    bool            // set under rmu by Detach
 	changes notify.Notifier // for the waiters on Changed
-	// woken is the sequence of the last event this process posted and
-	// woke the waiters on Changed for, plus one (0: none): the delivery
-	// goroutine need not wake them again for it.
-	woken atomic.Uint64
+	hooks   changeHooks     // OnChange's
+	// woken marks the recent events this process posted, whose posters
+	// wake the waiters themselves (Notify, then the OnChange functions):
+	// slot seq%len holds seq+1. The delivery goroutine does not wake them
+	// again for those; a slot taken by a later post before it looks only
+	// costs a wake-up.
+	woken [64]atomic.Uint64
 	// loopGID is the delivery goroutine's id, and handling is set while
 	// one of its handlers runs: Poll from a handler must fail, not wait for
 	// itself. Nothing but the goroutine's id tells a handler's Poll from
@@ -340,6 +343,7 @@ func (b *Bus) Close(drain time.Duration) error {
 		<-b.done
 	}
 	b.changes.Notify()
+	b.runHooks()
 	return b.h.Close()
 }
 
@@ -431,6 +435,7 @@ func (b *Bus) Post(source, event string, data any, opts ...PostOption) (uint64, 
 		return 0, fmt.Errorf("failed posting event %q by %q; %w", event, source, err)
 	}
 	b.st.posted.Add(1)
+	b.runHooks()
 	return seq, nil
 }
 
@@ -511,7 +516,7 @@ func (b *Bus) write(e encoded) (uint64, error) {
 			b.z.RemoveBlob(string(e.payload))
 		}
 		if err == nil {
-			b.wakeReaders(seq)
+			b.wakeReaders(seq, seq)
 		}
 		return seq, err
 	}
@@ -520,11 +525,14 @@ func (b *Bus) write(e encoded) (uint64, error) {
 // wakeReaders wakes this process's waiters on Changed (HTTP streams and
 // long-polls) after a post: they read the ring themselves, so they need
 // not wait for the delivery goroutine to see the event first.
-func (b *Bus) wakeReaders(last uint64) {
+func (b *Bus) wakeReaders(first, last uint64) {
 	if b.changes.Watched() {
 		b.changes.Notify()
 	}
-	b.woken.Store(last + 1)
+	n := uint64(len(b.woken))
+	for s := max(first, last-min(last, n-1)); s <= last; s++ {
+		b.woken[s%n].Store(s + 1)
+	}
 }
 
 // PostLocal delivers an event to this worker only, asynchronously, by

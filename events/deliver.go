@@ -19,6 +19,10 @@ func (b *Bus) loop() {
 	defer close(b.done)
 	b.loopGID.Store(goid.Get())
 	var ev Event
+	// owed counts the records handled since the last wake-up of the
+	// waiters that their posters did not wake them for: they are woken
+	// once for what is ready at once, at most wakeBatch records late.
+	owed := 0
 	for !b.stop.Load() {
 		b.runLocal()
 		rec, st := b.rd.Read(time.Second)
@@ -34,10 +38,15 @@ func (b *Bus) loop() {
 			if b.o.OnCursor != nil {
 				b.o.OnCursor(next)
 			}
-			// Only the events this process posted since: their posters
-			// woke the waiters already.
-			woken := next == b.woken.Load() && prev+1 == next && st == zone.Got
-			if !woken && b.changes.Watched() {
+			// Not for an event this process posted: its poster wakes them.
+			if own := st == zone.Got && prev+1 == next && next == rec.Seq+1 && b.woken[rec.Seq%uint64(len(b.woken))].Load() == rec.Seq+1; !own {
+				owed++
+			}
+		}
+		if owed > 0 && (owed >= wakeBatch || !b.rd.Pending()) {
+			owed = 0
+			b.runHooks()
+			if b.changes.Watched() {
 				b.changes.Notify()
 				// Let the woken readers run on this P now: the next Read
 				// spins before it sleeps, and would hold them up until
@@ -50,6 +59,11 @@ func (b *Bus) loop() {
 		}
 	}
 }
+
+// wakeBatch is the most records the delivery goroutine reads on before it
+// wakes the waiters, while more are ready at once: a burst from other
+// processes costs a stream one write per batch, not one per event.
+const wakeBatch = 64
 
 // runLocal handles the queued local events and releases the barriers
 // whose target has been handled.

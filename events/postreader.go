@@ -34,6 +34,7 @@ func (b *Bus) PostReader(source, event string, r io.Reader, size int64, opts ...
 		return 0, fmt.Errorf("failed posting event %q by %q; %w", event, source, err)
 	}
 	b.st.posted.Add(1)
+	b.runHooks()
 	return seq, nil
 }
 

@@ -49,6 +49,7 @@ func (b *Bus) PostRemote(source, event string, data []byte, isJSON bool, unique 
 		return 0, fmt.Errorf("failed posting remote event %q by %q from node %q; %w", event, source, r.Node, err)
 	}
 	b.st.posted.Add(1)
+	b.runHooks()
 	return seq, nil
 }
 

@@ -30,6 +30,13 @@ import (
 // has caught up. So a slow client costs its own goroutine, never the
 // others.
 //
+// A shard with few streams (hubInline at most) is written by the goroutine
+// that learns of the event, when no one else is writing it: the poster, for
+// an event this process posted, or the events' delivery goroutine, for the
+// others (Bus.OnChange). That saves the wake-up of the shard's goroutine
+// between a post and its subscribers; a larger shard, or one busy already,
+// is woken as before, so a post never waits for thousands of writes.
+//
 // While a stream is in the hub, its goroutine waits in a read of the
 // connection: the read ends when the client goes away, or when the hub
 // hands the stream back or Caddy stops (both set a read deadline in the
@@ -47,6 +54,23 @@ type hub struct {
 type hubGen struct {
 	bus    *events.Bus
 	shards []*hubShard
+	live   atomic.Int32 // shards whose goroutine runs
+	remove func()       // unregisters signal from the bus
+}
+
+// signal tells every shard that there may be more to write.
+func (g *hubGen) signal() {
+	for _, sh := range g.shards {
+		sh.signal(g.bus)
+	}
+}
+
+// ended is called by each shard's goroutine as it returns; the last one
+// unregisters the generation from its bus.
+func (g *hubGen) ended() {
+	if g.live.Add(-1) == 0 {
+		g.remove()
+	}
 }
 
 // Stream states, guarded by hubStream.mu.
@@ -72,13 +96,20 @@ type hubStream struct {
 
 // hubShard is one writer goroutine of a hub and its streams.
 type hubShard struct {
-	h       *Poll
-	mu      sync.Mutex
-	adds    []*hubStream
-	dead    bool // the shard has ended: it takes no more streams
-	kick    chan struct{}
-	streams []*hubStream // the shard goroutine's own
+	h    *Poll
+	mu   sync.Mutex
+	adds []*hubStream
+	dead bool // the shard has ended: it takes no more streams
+	kick chan struct{}
+	// passMu is held by whoever writes the streams: the shard's goroutine,
+	// or a goroutine writing them inline (signal). It guards streams and buf.
+	passMu  sync.Mutex
+	streams []*hubStream
 	buf     []byte
+	// pending is set by signal before it writes or wakes: whoever holds
+	// passMu clears it before a pass and passes again if it is set after.
+	pending atomic.Bool
+	ended   atomic.Bool // the goroutine has returned
 }
 
 // hubWriters is how many shards a hub has by default: one per two cores
@@ -102,9 +133,12 @@ func (hb *hub) join(h *Poll, s *hubStream, bus *events.Bus) bool {
 		}
 		g = &hubGen{bus: bus, shards: make([]*hubShard, n)}
 		for i := range g.shards {
-			sh := &hubShard{h: h, kick: make(chan struct{}, 1)}
-			g.shards[i] = sh
-			go sh.run(bus)
+			g.shards[i] = &hubShard{h: h, kick: make(chan struct{}, 1)}
+		}
+		g.live.Store(int32(n))
+		g.remove = bus.OnChange(g.signal)
+		for _, sh := range g.shards {
+			go sh.run(g)
 		}
 		hb.cur = g
 	}
@@ -127,34 +161,85 @@ func (hb *hub) join(h *Poll, s *hubStream, bus *events.Bus) bool {
 	hb.n.Add(1)
 	sh.adds = append(sh.adds, s)
 	sh.mu.Unlock()
+	sh.wake()
+	return true
+}
+
+// wake makes the shard's goroutine pass over its streams.
+func (sh *hubShard) wake() {
 	select {
 	case sh.kick <- struct{}{}:
 	default:
 	}
-	return true
+}
+
+// hubInline is the most streams a shard may have to be written inline by
+// the goroutine that signals it: a few non-blocking writes, a few
+// microseconds each, added to a post's answer.
+const hubInline = 8
+
+// signal is called when there may be more to write: the shard's streams are
+// written here and now if the shard is small and nobody writes it, else its
+// goroutine is woken.
+func (sh *hubShard) signal(bus *events.Bus) {
+	sh.pending.Store(true)
+	if sh.ended.Load() {
+		return
+	}
+	if bus.Closed() || !sh.passMu.TryLock() {
+		sh.wake() // the goroutine ends it, or passes again after its pass
+		return
+	}
+	sh.take()
+	if len(sh.streams) > hubInline {
+		sh.passMu.Unlock()
+		sh.wake()
+		return
+	}
+	sh.pending.Store(false)
+	more := sh.pass(bus)
+	sh.passMu.Unlock()
+	if more || sh.pending.Load() {
+		// A backlog, or a signal that found passMu taken by this pass.
+		sh.wake()
+	}
+	stats.inlinePasses.Add(1)
 }
 
 // run writes the shard's streams until Caddy stops (their goroutines end
 // them then) or the bus closes (everything is handed back).
-func (sh *hubShard) run(bus *events.Bus) {
-	h := sh.h
+func (sh *hubShard) run(g *hubGen) {
+	defer g.ended()
+	defer sh.ended.Store(true)
+	h, bus := sh.h, g.bus
 	// Keep-alives are checked twice per period, so that none is late by
 	// more than half of it.
 	keep := time.NewTicker(time.Duration(h.KeepAlive) / 2)
 	defer keep.Stop()
 	for {
-		changed := bus.Changed()
-		for sh.pass(bus) {
+		sh.passMu.Lock()
+		for {
+			sh.pending.Store(false)
+			for sh.pass(bus) {
+			}
+			if !sh.pending.Load() {
+				break
+			}
 		}
-		if bus.Closed() {
+		closed := bus.Closed()
+		if closed {
 			sh.handBackAll()
+		}
+		sh.passMu.Unlock()
+		if closed {
 			return
 		}
 		select {
-		case <-changed:
 		case <-sh.kick:
 		case <-keep.C:
+			sh.passMu.Lock()
 			sh.keepAlive()
+			sh.passMu.Unlock()
 		case <-h.stopping.Done():
 			sh.mu.Lock()
 			sh.dead = true // the streams' goroutines end them
@@ -164,7 +249,7 @@ func (sh *hubShard) run(bus *events.Bus) {
 	}
 }
 
-// take merges the streams that joined since the last pass.
+// take merges the streams that joined since the last pass (passMu held).
 func (sh *hubShard) take() {
 	sh.mu.Lock()
 	adds := sh.adds

@@ -86,6 +86,7 @@ func countHandler(maxStreams int64) (release func()) {
 var stats struct {
 	open, refused, slowDropped, bodiesTooLarge atomic.Int64
 	shared                                     atomic.Int64 // streams in a hub now
+	inlinePasses                               atomic.Int64
 }
 
 // Stats are this process's counters of the HTTP handlers (all configs).
@@ -105,6 +106,10 @@ type Stats struct {
 	// writers now (see Poll.StreamWriters); the others of OpenStreams are
 	// written by their own goroutine.
 	SharedStreams int64 `json:"shared_streams"`
+	// InlinePasses counts the passes over the streams of a small shared
+	// writer made by the goroutine that learnt of an event (its poster, or
+	// the delivery goroutine) instead of the writer's own goroutine.
+	InlinePasses int64 `json:"inline_passes"`
 }
 
 // ReadStats returns this process's counters of the HTTP handlers.
@@ -115,6 +120,7 @@ func ReadStats() Stats {
 		SlowClientsDropped: stats.slowDropped.Load(),
 		BodiesTooLarge:     stats.bodiesTooLarge.Load(),
 		SharedStreams:      stats.shared.Load(),
+		InlinePasses:       stats.inlinePasses.Load(),
 	}
 }
 

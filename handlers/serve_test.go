@@ -28,6 +28,7 @@ import (
 // testApp is a running ipcbus app on a zone of its own: a bus, an alerts
 // endpoint and a worker of this process.
 type testApp struct {
+	z          *zone.Zone
 	bus        *events.Bus
 	alerts     *ipc.IPC
 	maxPayload int64
@@ -85,7 +86,7 @@ func newTestApp(t *testing.T) *testApp {
 		c.Detach()
 		z.Close()
 	})
-	return &testApp{bus: bus, alerts: c, maxPayload: 64 << 20, live: map[int]bool{os.Getpid(): true}}
+	return &testApp{z: z, bus: bus, alerts: c, maxPayload: 64 << 20, live: map[int]bool{os.Getpid(): true}}
 }
 
 // use wires a handler to the app as Provision would.

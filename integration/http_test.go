@@ -484,4 +484,12 @@ func TestSharedStreamWriters(t *testing.T) {
 			}
 		}
 	}
+	// Three streams are few enough for b's delivery goroutine to write them
+	// itself as it reads a's events.
+	if b.stats().HTTP.InlinePasses == 0 {
+		t.Fatal("no inline pass for another process's events")
+	}
+	if m := b.metrics(t); !strings.Contains(m, "caddy_ipcbus_http_inline_passes_total ") {
+		t.Fatal("no caddy_ipcbus_http_inline_passes_total counter in the metrics")
+	}
 }

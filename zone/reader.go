@@ -436,6 +436,11 @@ func (rd *Reader) spinReady() bool {
 // the latency of events that follow each other closely, at the cost of CPU.
 func (rd *Reader) SetSpin(d time.Duration) { rd.spin = d }
 
+// Pending reports whether a Read now would return at once with something
+// other than Empty: a record, a loss, or a record left uncommitted past
+// WaitMax. It reads two words of the ring and copies nothing.
+func (rd *Reader) Pending() bool { return rd.ready() }
+
 // ready reports whether TryRead would find something other than Empty or an
 // uncommitted record still within WaitMax.
 func (rd *Reader) ready() bool {

@@ -1,0 +1,212 @@
+package handlers
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipcbus/caddy-ipcbus/events"
+)
+
+// rawStream opens a stream to srv over a plain TCP connection and reads
+// what comes until the server has sent nothing for a moment.
+func rawStream(t *testing.T, addr, path string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n", path)
+	return c
+}
+
+// drain reads what the connection has for up to d.
+func drain(t *testing.T, c net.Conn, d time.Duration) string {
+	t.Helper()
+	var b strings.Builder
+	buf := make([]byte, 64<<10)
+	for {
+		c.SetReadDeadline(time.Now().Add(d))
+		n, err := c.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			return b.String()
+		}
+	}
+}
+
+// queued is what the connection's socket holds now, read without waiting.
+func queued(t *testing.T, c net.Conn) string {
+	t.Helper()
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	n := 0
+	raw.Control(func(fd uintptr) {
+		n, _, err = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+	})
+	if err != nil && err != syscall.EAGAIN {
+		t.Fatal(err)
+	}
+	return string(buf[:max(n, 0)])
+}
+
+// TestHubInlineFromPoster: a small shard's streams are written by the
+// poster itself: the event is on the client's socket when Post returns,
+// with no wake-up of the shard's goroutine in between. (Not every time: a
+// poster that finds the shard being written, by its goroutine or by the
+// delivery goroutine, wakes the goroutine instead.)
+func TestHubInlineFromPoster(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{StreamWriters: 1}
+	use(t, app, h)
+	srv, _ := pollServer(t, h)
+	c := rawStream(t, srv.Listener.Addr().String(), "/e?source=p")
+	waitShared(t, h, 1)
+	if head := drain(t, c, 100*time.Millisecond); !strings.HasPrefix(head, "HTTP/1.1 200") {
+		t.Fatalf("answer %q", head)
+	}
+	const posts = 40
+	before, there, rest := stats.inlinePasses.Load(), 0, ""
+	for i := range posts {
+		// Paced, as most posts come: the delivery goroutine, woken by the
+		// previous one, has gone back to sleep.
+		time.Sleep(2 * time.Millisecond)
+		data := fmt.Sprintf("inline-%d", i)
+		post(t, app, "p", "e", data)
+		got := queued(t, c)
+		if strings.Contains(got, "data: "+data+"\n") {
+			there++
+		}
+		rest += got
+	}
+	t.Logf("%d of %d on the socket at once", there, posts)
+	if there < posts/2 {
+		t.Fatalf("%d of %d events on the socket when Post returned", there, posts)
+	}
+	if stats.inlinePasses.Load() == before {
+		t.Fatal("no inline pass")
+	}
+	rest += drain(t, c, 200*time.Millisecond)
+	for i := range posts {
+		if !strings.Contains(rest, fmt.Sprintf("data: inline-%d\n", i)) {
+			t.Fatalf("event %d never came", i)
+		}
+	}
+}
+
+// TestHubInlineFromDelivery: another process's event is written to a small
+// shard's streams by the delivery goroutine that reads it.
+func TestHubInlineFromDelivery(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{StreamWriters: 1}
+	use(t, app, h)
+	srv, _ := pollServer(t, h)
+	c := openSSE(t, srv.URL+"/e?source=p")
+	waitShared(t, h, 1)
+	other, err := events.New(events.Options{Zone: app.z, PID: 1 << 22, Generation: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Close(time.Second); other.Detach() })
+	before := stats.inlinePasses.Load()
+	for i := range 50 { // one at a time: each is a delivery of its own
+		if _, err := other.Post("p", "e", fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+		ev, err := c.next()
+		if err != nil || ev.data != fmt.Sprint(i) {
+			t.Fatalf("event %d: %+v %v", i, ev, err)
+		}
+	}
+	if stats.inlinePasses.Load() == before {
+		t.Fatal("no inline pass for another process's events")
+	}
+}
+
+// TestHubLargeShardByWriter: a shard with more than hubInline streams is
+// written by its own goroutine, so a post never waits for its writes.
+func TestHubLargeShardByWriter(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{StreamWriters: 1}
+	use(t, app, h)
+	srv, _ := pollServer(t, h)
+	var cs []*sseClient
+	for range hubInline + 1 {
+		cs = append(cs, openSSE(t, srv.URL+"/e?source=p"))
+	}
+	waitShared(t, h, hubInline+1)
+	before := stats.inlinePasses.Load()
+	for i := range 20 {
+		post(t, app, "p", "e", fmt.Sprint(i))
+	}
+	for k, c := range cs {
+		for i := range 20 {
+			if ev, err := c.next(); err != nil || ev.data != fmt.Sprint(i) {
+				t.Fatalf("client %d, event %d: %+v %v", k, i, ev, err)
+			}
+		}
+	}
+	if n := stats.inlinePasses.Load() - before; n != 0 {
+		t.Fatalf("%d inline passes over a shard of %d streams", n, hubInline+1)
+	}
+}
+
+// TestHubInlineConcurrentPosters: posters racing each other and the
+// shard's goroutine for a small shard: each stream gets every event once,
+// in the bus's order (run with -race).
+func TestHubInlineConcurrentPosters(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{StreamWriters: 1}
+	use(t, app, h)
+	srv, _ := pollServer(t, h)
+	const clients, posters, each = 3, 4, 300
+	var cs []*sseClient
+	for range clients {
+		cs = append(cs, openSSE(t, srv.URL+"/e?source=p"))
+	}
+	waitShared(t, h, clients)
+	errs := make(chan error, posters)
+	for p := range posters {
+		go func() {
+			for i := range each {
+				if _, err := app.bus.Post("p", "e", fmt.Sprintf("%d-%d", p, i)); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range posters {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k, c := range cs {
+		var last uint64
+		next := make([]int, posters)
+		for range posters * each {
+			ev, err := c.next()
+			if err != nil {
+				t.Fatalf("client %d: %v", k, err)
+			}
+			var id uint64
+			var p, i int
+			fmt.Sscan(ev.id, &id)
+			fmt.Sscanf(ev.data, "%d-%d", &p, &i)
+			if id <= last || p < 0 || p >= posters || i != next[p] {
+				t.Fatalf("client %d: event %s %q after id %d, want poster %d's #%d", k, ev.id, ev.data, last, p, next[max(p, 0)%posters])
+			}
+			last, next[p] = id, i+1
+		}
+	}
+}
