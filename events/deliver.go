@@ -23,6 +23,7 @@ func (b *Bus) loop() {
 	// waiters that their posters did not wake them for: they are woken
 	// once for what is ready at once, at most wakeBatch records late.
 	owed := 0
+	var owedSince time.Time
 	for !b.stop.Load() {
 		b.runLocal()
 		rec, st := b.rd.Read(time.Second)
@@ -40,10 +41,12 @@ func (b *Bus) loop() {
 			}
 			// Not for an event this process posted: its poster wakes them.
 			if own := st == zone.Got && prev+1 == next && next == rec.Seq+1 && b.woken[rec.Seq%uint64(len(b.woken))].Load() == rec.Seq+1; !own {
-				owed++
+				if owed++; owed == 1 {
+					owedSince = time.Now()
+				}
 			}
 		}
-		if owed > 0 && (owed >= wakeBatch || !b.rd.Pending()) {
+		if owed > 0 && (owed >= wakeBatch || !b.rd.Pending() || time.Since(owedSince) >= wakeDelay) {
 			owed = 0
 			b.runHooks()
 			if b.changes.Watched() {
@@ -63,7 +66,12 @@ func (b *Bus) loop() {
 // wakeBatch is the most records the delivery goroutine reads on before it
 // wakes the waiters, while more are ready at once: a burst from other
 // processes costs a stream one write per batch, not one per event.
-const wakeBatch = 64
+// wakeDelay bounds the time it may take to do so: slow handlers of the
+// following events do not hold up the streams for longer.
+const (
+	wakeBatch = 64
+	wakeDelay = time.Millisecond
+)
 
 // runLocal handles the queued local events and releases the barriers
 // whose target has been handled.

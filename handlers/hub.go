@@ -35,7 +35,8 @@ import (
 // an event this process posted, or the events' delivery goroutine, for the
 // others (Bus.OnChange). That saves the wake-up of the shard's goroutine
 // between a post and its subscribers; a larger shard, or one busy already,
-// is woken as before, so a post never waits for thousands of writes.
+// is woken as before, so a post writes at most hubInline streams per
+// shard itself, never thousands.
 //
 // While a stream is in the hub, its goroutine waits in a read of the
 // connection: the read ends when the client goes away, or when the hub
@@ -106,8 +107,9 @@ type hubShard struct {
 	passMu  sync.Mutex
 	streams []*hubStream
 	buf     []byte
-	// pending is set by signal before it writes or wakes: whoever holds
-	// passMu clears it before a pass and passes again if it is set after.
+	// pending is set by signal before it writes or wakes; a pass clears it
+	// first. An inline pass that finds it set again afterwards wakes the
+	// goroutine, as does a signal that finds passMu taken.
 	pending atomic.Bool
 	ended   atomic.Bool // the goroutine has returned
 }
@@ -217,14 +219,14 @@ func (sh *hubShard) run(g *hubGen) {
 	keep := time.NewTicker(time.Duration(h.KeepAlive) / 2)
 	defer keep.Stop()
 	for {
+		// One pass, then back to the select even when signals came
+		// meanwhile: each of them that found passMu taken kicked, so the
+		// select passes again, in turn with keep-alives and the stop (a
+		// loop until no signal came would starve both while a large
+		// shard's passes take longer than the events' interval).
 		sh.passMu.Lock()
-		for {
-			sh.pending.Store(false)
-			for sh.pass(bus) {
-			}
-			if !sh.pending.Load() {
-				break
-			}
+		sh.pending.Store(false)
+		for sh.pass(bus) {
 		}
 		closed := bus.Closed()
 		if closed {

@@ -2,12 +2,14 @@ package handlers
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
@@ -209,4 +211,92 @@ func TestHubInlineConcurrentPosters(t *testing.T) {
 			last, next[p] = id, i+1
 		}
 	}
+}
+
+// slowRaw is a socket whose writes each take 250 µs: eight such streams
+// make a shard's pass as long as hundreds of real ones.
+type slowRaw struct{ syscall.RawConn }
+
+func (s slowRaw) Write(f func(uintptr) bool) error {
+	time.Sleep(250 * time.Microsecond)
+	return s.RawConn.Write(f)
+}
+
+// tcpPair is a connected pair of sockets: the client's end, and the
+// server's as a RawConn.
+func tcpPair(t *testing.T, ln net.Listener) (net.Conn, syscall.RawConn) {
+	t.Helper()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); sc.Close() })
+	raw, err := sc.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, raw
+}
+
+// TestHubKeepAliveUnderLoad: while events keep coming faster than a
+// shard's pass takes, its goroutine still writes keep-alives (to a stream
+// whose filter drops every event) and still sees the stop.
+func TestHubKeepAliveUnderLoad(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{StreamWriters: 1, KeepAlive: caddy.Duration(50 * time.Millisecond)}
+	use(t, app, h)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	quiet, raw := tcpPair(t, ln)
+	h.hub.join(h, &hubStream{raw: raw, poke: func() {}, since: app.bus.Tail(), keep: func(s, _ string) bool { return s == "quiet" }}, app.bus)
+	for range hubInline {
+		c, raw := tcpPair(t, ln)
+		go io.Copy(io.Discard, c)
+		h.hub.join(h, &hubStream{raw: slowRaw{raw}, poke: func() {}, since: app.bus.Tail()}, app.bus)
+	}
+	stop := make(chan struct{})
+	posted := make(chan struct{})
+	go func() {
+		defer close(posted)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			app.bus.Post("busy", "e", "x")
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	defer func() { close(stop); <-posted }()
+	if got := drainUntil(t, quiet, "keep-alive", 10*time.Second); !strings.Contains(got, "keep-alive") {
+		t.Fatalf("no keep-alive in 10 s under load: %q", got)
+	}
+	h.stop()
+	sh := h.hub.cur.shards[0]
+	for deadline := time.Now().Add(10 * time.Second); !sh.ended.Load(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the shard did not stop in 10 s under load")
+		}
+	}
+}
+
+// drainUntil reads c until what it read contains want, or for d.
+func drainUntil(t *testing.T, c net.Conn, want string, d time.Duration) string {
+	t.Helper()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for end := time.Now().Add(d); time.Now().Before(end) && !strings.Contains(b.String(), want); {
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		n, _ := c.Read(buf)
+		b.Write(buf[:n])
+	}
+	return b.String()
 }

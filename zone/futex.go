@@ -2,7 +2,6 @@ package zone
 
 import (
 	"math/bits"
-	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -40,15 +39,11 @@ func TargetBit(pid uint32) uint32 { return 1 << (pid % targetBits) }
 // private) futex operations, so it works across processes on a MAP_SHARED
 // mapping. Spurious wakeups are allowed; callers re-check their condition.
 func futexWaitBitset(addr *atomic.Uint32, val uint32, d time.Duration, mask uint32) {
-	// FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline.
-	var now unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &now)
-	// A day at most: a deadline past the clock's range is EINVAL, which
-	// would return at once, every time.
-	ts := new(unix.Timespec)
-	*ts = unix.NsecToTimespec(now.Nano() + int64(min(max(d, 0), 24*time.Hour)))
-	futexSleep(uintptr(unsafe.Pointer(addr)), uintptr(val), uintptr(unsafe.Pointer(ts)), uintptr(mask))
-	runtime.KeepAlive(ts)
+	// FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, the
+	// runtime's clock. A day at most: a deadline past the clock's range is
+	// EINVAL, which would return at once, every time.
+	ts := unix.NsecToTimespec(nanotime() + int64(min(max(d, 0), 24*time.Hour)))
+	futexSleep(unsafe.Pointer(addr), uintptr(val), unsafe.Pointer(&ts), uintptr(mask))
 }
 
 // futexSleep is the wait itself, as a blocking system call: the runtime
@@ -58,13 +53,20 @@ func futexWaitBitset(addr *atomic.Uint32, val uint32, d time.Duration, mask uint
 // deeply, and wakes every 20 µs to 10 ms for as long as the reader sleeps
 // (measured: half of an idle-ish process's CPU at 200 events/s). Between
 // entersyscallblock and exitsyscall nothing may grow the stack, hence
-// nosplit, norace and the raw system call.
+// nosplit, norace and the raw system call; nor can the stack move, so ts
+// may point into it.
+//
+// entersyscallblock and exitsyscall are runtime internals that the
+// runtime keeps reachable by go:linkname for outside users (go.dev/issue/67401),
+// with their signatures, not their behaviour, promised: a Go release that
+// changes how they work is to be checked against TestSleeperLetsProcessIdle
+// and the zone's wake-up tests.
 //
 //go:nosplit
 //go:norace
-func futexSleep(addr, val, ts, mask uintptr) {
+func futexSleep(addr unsafe.Pointer, val uintptr, ts unsafe.Pointer, mask uintptr) {
 	entersyscallblock()
-	_, _, _ = syscall.RawSyscall6(unix.SYS_FUTEX, addr, futexWaitBitsetOp, val, ts, 0, mask)
+	_, _, _ = syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(addr), futexWaitBitsetOp, val, uintptr(ts), 0, mask)
 	exitsyscall()
 }
 
