@@ -195,6 +195,37 @@ func (d *sseData) end() error {
 	return err
 }
 
+// appendSSE appends the Server-Sent Events frame of an event held in
+// memory, without envelope: exactly what writeSSE writes for it, in one
+// buffer (the frame a shared writer sends to every stream).
+func appendSSE(b []byte, seq uint64, name string, data []byte) []byte {
+	b = append(b, "id: "...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, "\nevent: "...)
+	for i := 0; i < len(name); i++ { // names hold no line break; be sure
+		c := name[i]
+		if c == '\r' || c == '\n' {
+			c = ' '
+		}
+		b = append(b, c)
+	}
+	b = append(b, "\ndata: "...)
+	for len(data) > 0 {
+		i := bytes.IndexAny(data, "\r\n")
+		if i < 0 {
+			b = append(b, data...)
+			break
+		}
+		b = append(b, data[:i]...)
+		b = append(b, "\ndata: "...)
+		if data[i] == '\r' && i+1 < len(data) && data[i+1] == '\n' {
+			i++ // CRLF is one line break
+		}
+		data = data[i+1:]
+	}
+	return append(b, "\n\n"...)
+}
+
 // writeSSE writes one event: its id, its name, and its payload (or, with
 // envelope, the event's JSON object) as data lines, a blob's a piece at a
 // time from its file. It fails only when the payload cannot be read: the

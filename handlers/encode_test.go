@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/ipcbus/caddy-ipcbus/events"
 )
 
 // TestWriteJSONTextBuffers: text is escaped as encoding/json escapes a
@@ -35,4 +37,24 @@ func TestWriteJSONTextBuffers(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzAppendSSE: the shared writers' frame (appendSSE) is byte for byte
+// what writeSSE writes for the same event.
+func FuzzAppendSSE(f *testing.F) {
+	for _, s := range []string{"", "a", "a\n", "a\nb", "a\r\nb", "a\r", "\r\r\n", "\n\n", "x\ry\nz\r\n", "{\"k\":1}"} {
+		f.Add(uint64(7), "name", []byte(s))
+	}
+	f.Add(uint64(0), "odd\rname\n", []byte("data"))
+	f.Fuzz(func(t *testing.T, seq uint64, name string, data []byte) {
+		var buf bytes.Buffer
+		bw := bufio.NewWriter(&buf)
+		if err := writeSSE(bw, &event{Event: &events.Event{Seq: seq, Name: name, Data: data}}, false); err != nil {
+			t.Fatal(err)
+		}
+		bw.Flush()
+		if got := appendSSE(nil, seq, name, data); !bytes.Equal(got, buf.Bytes()) {
+			t.Fatalf("appendSSE %q, writeSSE %q", got, buf.Bytes())
+		}
+	})
 }

@@ -86,6 +86,10 @@ func (c *cacheEntry) eventJSON() []byte {
 // on first use.
 func (c *cacheEntry) sseFrame() []byte {
 	c.frameOnce.Do(func() {
+		if !c.frameEnvelope {
+			c.frame = appendSSE(make([]byte, 0, len(c.ev.Data)+len(c.ev.Name)+48), c.ev.Seq, c.ev.Name, c.ev.Data)
+			return
+		}
 		var buf bytes.Buffer
 		bw := bufio.NewWriterSize(&buf, 512)
 		if writeSSE(bw, &event{Event: c.ev}, c.frameEnvelope) == nil && bw.Flush() == nil {
