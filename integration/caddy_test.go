@@ -45,13 +45,31 @@ func TestMain(m *testing.M) {
 // freePort returns a TCP port on loopback that is free now.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		// The kernel may give a port again once it is closed: a site port
+		// chosen before its Caddy starts once came back as that Caddy's
+		// admin port (the site then answered 404 from the admin API).
+		givenPorts.Lock()
+		dup := givenPorts.m[port]
+		givenPorts.m[port] = true
+		givenPorts.Unlock()
+		if !dup {
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
+
+// givenPorts are the ports freePort handed out in this test binary.
+var givenPorts = struct {
+	sync.Mutex
+	m map[int]bool
+}{m: map[int]bool{}}
 
 // node is a set of Caddy processes on one zone, sharing one site port.
 type node struct {
