@@ -107,10 +107,6 @@ type hubShard struct {
 	passMu  sync.Mutex
 	streams []*hubStream
 	buf     []byte
-	// pending is set by signal before it writes or wakes; a pass clears it
-	// first. An inline pass that finds it set again afterwards wakes the
-	// goroutine, as does a signal that finds passMu taken.
-	pending atomic.Bool
 	ended   atomic.Bool // the goroutine has returned
 }
 
@@ -183,13 +179,16 @@ const hubInline = 8
 // signal is called when there may be more to write: the shard's streams are
 // written here and now if the shard is small and nobody writes it, else its
 // goroutine is woken.
+//
+// Nothing committed is left unwritten: a signal comes after each commit,
+// and either passes itself, after the commit, or finds passMu taken and
+// wakes the goroutine, whose next pass starts after the holder's ends.
 func (sh *hubShard) signal(bus *events.Bus) {
-	sh.pending.Store(true)
 	if sh.ended.Load() {
 		return
 	}
 	if bus.Closed() || !sh.passMu.TryLock() {
-		sh.wake() // the goroutine ends it, or passes again after its pass
+		sh.wake() // the goroutine ends it, or passes again after this pass
 		return
 	}
 	sh.take()
@@ -198,14 +197,12 @@ func (sh *hubShard) signal(bus *events.Bus) {
 		sh.wake()
 		return
 	}
-	sh.pending.Store(false)
 	more := sh.pass(bus)
 	sh.passMu.Unlock()
-	if more || sh.pending.Load() {
-		// A backlog, or a signal that found passMu taken by this pass.
-		sh.wake()
-	}
 	stats.inlinePasses.Add(1)
+	if more {
+		sh.wake() // a backlog: the goroutine writes the rest
+	}
 }
 
 // run writes the shard's streams until Caddy stops (their goroutines end
@@ -225,7 +222,6 @@ func (sh *hubShard) run(g *hubGen) {
 		// loop until no signal came would starve both while a large
 		// shard's passes take longer than the events' interval).
 		sh.passMu.Lock()
-		sh.pending.Store(false)
 		for sh.pass(bus) {
 		}
 		closed := bus.Closed()
