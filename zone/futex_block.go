@@ -35,9 +35,6 @@ func futexSleep(addr unsafe.Pointer, val uintptr, ts unsafe.Pointer, mask uintpt
 	exitsyscall()
 }
 
-// plainFutex is whether futexSleep is the plain system call.
-const plainFutex = false
-
 //go:linkname entersyscallblock runtime.entersyscallblock
 func entersyscallblock()
 

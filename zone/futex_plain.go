@@ -8,9 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// plainFutex is whether futexSleep is the plain system call.
-const plainFutex = true
-
 // futexSleep is the wait as a plain system call, for builds with the tag
 // ipcbus_plainfutex: the way out should a Go release break the runtime
 // internals futex_block.go relies on. The thread keeps its P while it

@@ -1,3 +1,8 @@
+//go:build !ipcbus_plainfutex
+
+// Built without ipcbus_plainfutex only: with it the sleep keeps its P, by
+// choice (futex_plain.go).
+
 package zone
 
 import (
@@ -41,9 +46,6 @@ func contextSwitches(t *testing.T, pid int) int {
 func TestSleeperLetsProcessIdle(t *testing.T) {
 	if testing.Short() {
 		t.Skip("paced: about a second")
-	}
-	if plainFutex {
-		t.Skip("built with ipcbus_plainfutex: the sleep keeps its P, by choice")
 	}
 	o := Options{Name: "idle", Dir: t.TempDir(), Size: MinSize}
 	z, err := Open(o)
