@@ -45,7 +45,7 @@ func contextSwitches(t *testing.T, pid int) int {
 // of a Caddy process taking 200 events/s.
 func TestSleeperLetsProcessIdle(t *testing.T) {
 	if testing.Short() {
-		t.Skip("paced: about a second")
+		t.Skip("-short: paced, about a second")
 	}
 	o := Options{Name: "idle", Dir: t.TempDir(), Size: MinSize}
 	z, err := Open(o)
