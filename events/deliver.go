@@ -40,7 +40,7 @@ func (b *Bus) loop() {
 				b.o.OnCursor(next)
 			}
 			// Not for an event this process posted: its poster wakes them.
-			if own := st == zone.Got && prev+1 == next && next == rec.Seq+1 && b.woken[rec.Seq%uint64(len(b.woken))].Load() == rec.Seq+1; !own {
+			if own := st == zone.Got && prev+1 == next && b.woken[rec.Seq%uint64(len(b.woken))].Load() == rec.Seq+1; !own {
 				if owed++; owed == 1 {
 					owedSince = time.Now()
 				}

@@ -22,7 +22,8 @@ type changeHook struct {
 // process's pollers: in the poster's goroutine once a post by this process
 // is in the ring (after Post, PostReader, PostBatch or PostRemote, before
 // they return), in the delivery goroutine once it has read what other
-// processes posted (once per batch it finds ready), and once at Close.
+// processes posted (once per batch it finds ready: at most wakeBatch
+// events, at most wakeDelay after the first), and once at Close.
 //
 // It is how a poller with few streams writes an event to them from the
 // goroutine that has just learnt of it, rather than waking a goroutine of

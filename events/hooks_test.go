@@ -8,8 +8,8 @@ import (
 	"time"
 )
 
-// changeLog is an OnChange function that records, at each call, the newest
-// sequence Range finds and which goroutine it ran in.
+// changeLog is an OnChange function that counts its calls and records the
+// newest sequence Range finds.
 type changeLog struct {
 	b     *Bus
 	calls atomic.Int64
