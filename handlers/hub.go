@@ -35,8 +35,8 @@ import (
 // an event this process posted, or the events' delivery goroutine, for the
 // others (Bus.OnChange). That saves the wake-up of the shard's goroutine
 // between a post and its subscribers; a larger shard, or one busy already,
-// is woken as before, so a post writes at most hubInline streams per
-// shard itself, never thousands.
+// is woken as before, so a post writes at most hubInline streams per shard,
+// and hubInlineTotal in all, itself.
 //
 // While a stream is in the hub, its goroutine waits in a read of the
 // connection: the read ends when the client goes away, or when the hub
@@ -173,8 +173,14 @@ func (sh *hubShard) wake() {
 
 // hubInline is the most streams a shard may have to be written inline by
 // the goroutine that signals it: a few non-blocking writes, a few
-// microseconds each, added to a post's answer.
-const hubInline = 8
+// microseconds each, added to a post's answer. hubInlineTotal is the most
+// streams the shared writers of the whole process (every ipcbus_poll
+// handler's) may have for any to be written inline, which bounds what one
+// post writes itself whatever the number of handlers and shards.
+const (
+	hubInline      = 8
+	hubInlineTotal = 16
+)
 
 // signal is called when there may be more to write: the shard's streams are
 // written here and now if the shard is small and nobody writes it, else its
@@ -187,8 +193,8 @@ func (sh *hubShard) signal(bus *events.Bus) {
 	if sh.ended.Load() {
 		return
 	}
-	if bus.Closed() || !sh.passMu.TryLock() {
-		sh.wake() // the goroutine ends it, or passes again after this pass
+	if bus.Closed() || stats.shared.Load() > hubInlineTotal || !sh.passMu.TryLock() {
+		sh.wake() // the goroutine ends it, writes it, or passes again after this pass
 		return
 	}
 	sh.take()

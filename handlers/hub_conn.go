@@ -176,14 +176,7 @@ func (s *hubStream) wait(h *Poll, c net.Conn) endReason {
 		if err == nil {
 			continue // a client has nothing to say on a stream: what it sends is ignored
 		}
-		s.mu.Lock()
-		st := s.state
-		if st == inHub {
-			s.state = left
-			stats.shared.Add(-1)
-			h.hub.n.Add(-1)
-		}
-		s.mu.Unlock()
+		st := s.leave(h)
 		if st == handedBack && isTimeout(err) {
 			_ = c.SetReadDeadline(time.Time{})
 		}
@@ -199,6 +192,20 @@ func (s *hubStream) wait(h *Poll, c net.Conn) endReason {
 			return endClient
 		}
 	}
+}
+
+// leave takes s out of the hub if it is in it, and returns the state it
+// was in.
+func (s *hubStream) leave(h *Poll) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.state
+	if st == inHub {
+		s.state = left
+		stats.shared.Add(-1)
+		h.hub.n.Add(-1)
+	}
+	return st
 }
 
 func isTimeout(err error) bool {

@@ -162,6 +162,38 @@ func TestHubLargeShardByWriter(t *testing.T) {
 	}
 }
 
+// TestHubInlineProcessCap: small shards of several handlers, with more
+// streams than hubInlineTotal between them, are written by their
+// goroutines: one post never writes them all itself.
+func TestHubInlineProcessCap(t *testing.T) {
+	app := newTestApp(t)
+	const handlers, each = 3, 6 // 18 streams, 6 per shard
+	var cs []*sseClient
+	for range handlers {
+		h := &Poll{StreamWriters: 1}
+		use(t, app, h)
+		srv, _ := pollServer(t, h)
+		for range each {
+			cs = append(cs, openSSE(t, srv.URL+"/e?source=p"))
+		}
+		waitShared(t, h, each)
+	}
+	before := stats.inlinePasses.Load()
+	for i := range 10 {
+		post(t, app, "p", "e", fmt.Sprint(i))
+	}
+	for k, c := range cs {
+		for i := range 10 {
+			if ev, err := c.next(); err != nil || ev.data != fmt.Sprint(i) {
+				t.Fatalf("client %d, event %d: %+v %v", k, i, ev, err)
+			}
+		}
+	}
+	if n := stats.inlinePasses.Load() - before; n != 0 {
+		t.Fatalf("%d inline passes with %d streams in the process's shared writers", n, handlers*each)
+	}
+}
+
 // TestHubInlineConcurrentPosters: posters racing each other and the
 // shard's goroutine for a small shard: each stream gets every event once,
 // in the bus's order (run with -race).
@@ -254,12 +286,24 @@ func TestHubKeepAliveUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	// These streams have no goroutine of their own: the test takes them
+	// out of the hub at the end, as their goroutines would.
+	var joined []*hubStream
+	join := func(s *hubStream) {
+		h.hub.join(h, s, app.bus)
+		joined = append(joined, s)
+	}
+	defer func() {
+		for _, s := range joined {
+			s.leave(h)
+		}
+	}()
 	quiet, raw := tcpPair(t, ln)
-	h.hub.join(h, &hubStream{raw: raw, poke: func() {}, since: app.bus.Tail(), keep: func(s, _ string) bool { return s == "quiet" }}, app.bus)
+	join(&hubStream{raw: raw, poke: func() {}, since: app.bus.Tail(), keep: func(s, _ string) bool { return s == "quiet" }})
 	for range hubInline {
 		c, raw := tcpPair(t, ln)
 		go io.Copy(io.Discard, c)
-		h.hub.join(h, &hubStream{raw: slowRaw{raw}, poke: func() {}, since: app.bus.Tail()}, app.bus)
+		join(&hubStream{raw: slowRaw{raw}, poke: func() {}, since: app.bus.Tail()})
 	}
 	stop := make(chan struct{})
 	posted := make(chan struct{})
