@@ -146,20 +146,27 @@ func TestHubLargeShardByWriter(t *testing.T) {
 		cs = append(cs, openSSE(t, srv.URL+"/e?source=p"))
 	}
 	waitShared(t, h, hubInline+1)
+	if n := postToAll(t, app, cs, 20); n != 0 {
+		t.Fatalf("%d inline passes over a shard of %d streams", n, hubInline+1)
+	}
+}
+
+// postToAll posts n events, checks that every client gets them all in
+// order, and returns the inline passes made meanwhile.
+func postToAll(t *testing.T, app *testApp, cs []*sseClient, n int) int64 {
+	t.Helper()
 	before := stats.inlinePasses.Load()
-	for i := range 20 {
+	for i := range n {
 		post(t, app, "p", "e", fmt.Sprint(i))
 	}
 	for k, c := range cs {
-		for i := range 20 {
+		for i := range n {
 			if ev, err := c.next(); err != nil || ev.data != fmt.Sprint(i) {
 				t.Fatalf("client %d, event %d: %+v %v", k, i, ev, err)
 			}
 		}
 	}
-	if n := stats.inlinePasses.Load() - before; n != 0 {
-		t.Fatalf("%d inline passes over a shard of %d streams", n, hubInline+1)
-	}
+	return stats.inlinePasses.Load() - before
 }
 
 // TestHubInlineProcessCap: small shards of several handlers, with more
@@ -178,18 +185,7 @@ func TestHubInlineProcessCap(t *testing.T) {
 		}
 		waitShared(t, h, each)
 	}
-	before := stats.inlinePasses.Load()
-	for i := range 10 {
-		post(t, app, "p", "e", fmt.Sprint(i))
-	}
-	for k, c := range cs {
-		for i := range 10 {
-			if ev, err := c.next(); err != nil || ev.data != fmt.Sprint(i) {
-				t.Fatalf("client %d, event %d: %+v %v", k, i, ev, err)
-			}
-		}
-	}
-	if n := stats.inlinePasses.Load() - before; n != 0 {
+	if n := postToAll(t, app, cs, 10); n != 0 {
 		t.Fatalf("%d inline passes with %d streams in the process's shared writers", n, handlers*each)
 	}
 }
