@@ -109,10 +109,12 @@ type App struct {
 	// skips it as lost. Default: 500ms.
 	WaitMax caddy.Duration `json:"wait_max,omitempty"`
 
-	// Spin is how long the delivery goroutine keeps looking for the next
-	// event, yielding the CPU between looks, before it sleeps on the zone's
-	// futex. Default: 50µs. A window longer than the usual gap between
-	// events gives microsecond latency for CPU.
+	// Spin is how long, at most, the delivery goroutine keeps looking for
+	// the next event, yielding the CPU between looks, before it sleeps on
+	// the zone's futex. Default: 50µs. A window longer than the usual gap
+	// between events gives microsecond latency for CPU. The window adapts:
+	// it shrinks to nothing while sleeps last longer than it, and grows
+	// back once events come sooner.
 	Spin caddy.Duration `json:"spin,omitempty"`
 
 	// SendTimeout bounds how long an IPC alert sender waits for a receiver

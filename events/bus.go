@@ -87,10 +87,13 @@ type Options struct {
 	// WaitMax is how long delivery waits for an event whose poster has
 	// reserved but not committed it before skipping it as lost. Default 500ms.
 	WaitMax time.Duration
-	// Spin is how long delivery keeps checking for the next event, yielding
-	// the CPU between checks, before it sleeps on the zone doorbell. Default
-	// 50µs: bursts are read without a wake-up per event. A window longer
-	// than the usual gap between events buys microsecond latency with CPU.
+	// Spin is how long, at most, delivery keeps checking for the next
+	// event, yielding the CPU between checks, before it sleeps on the zone
+	// doorbell. Default 50µs: bursts are read without a wake-up per event.
+	// A window longer than the usual gap between events buys microsecond
+	// latency with CPU. The window adapts (zone.Reader.SetSpin): no spin
+	// while sleeps last longer than it, the full window once events come
+	// sooner.
 	Spin time.Duration
 	// BlobTTL is how long blob files are kept. Default 1m.
 	BlobTTL time.Duration

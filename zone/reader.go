@@ -76,9 +76,16 @@ type Reader struct {
 	next    uint64
 	buf     []byte
 	waitMax int64
-	spin    time.Duration
-	filter  func(kind uint32, aux uint64) bool
-	bell    int
+	// spin is the longest spin window (SetSpin); spinNow the window Read
+	// uses now, adapted between 0 and spin as the kernel's haltpoll
+	// governor adapts its poll: halved after each sleep longer than spin
+	// (no spin would have caught the record that ended it), doubled from
+	// spin/8 after a sleep that a record ended sooner. Events a few
+	// milliseconds apart so cost no spin at all, and a burst soon spins
+	// again.
+	spin, spinNow time.Duration
+	filter        func(kind uint32, aux uint64) bool
+	bell          int
 	// mask is the bitset the reader sleeps with: its targets (all, or
 	// TargetBit of one pid) and its interrupt bit.
 	mask, intr uint32
@@ -107,7 +114,7 @@ type Reader struct {
 // only what is written from now on; a start older than the ring holds reads
 // as an Overrun first.
 func (r *Ring) NewReader(start uint64) *Reader {
-	rd := &Reader{r: r, next: start, waitMax: int64(DefaultWaitMax), spin: DefaultSpin}
+	rd := &Reader{r: r, next: start, waitMax: int64(DefaultWaitMax), spin: DefaultSpin, spinNow: DefaultSpin}
 	rd.intr = 1 << (targetBits + readers.Add(1)%interruptBits)
 	rd.mask = targetMask | rd.intr
 	rd.sleeping.Store(-1)
@@ -355,7 +362,9 @@ func (rd *Reader) Read(timeout time.Duration) (Record, Status) {
 			b = bellAny
 			left = min(left, max(time.Duration(int64(rd.since)+rd.waitMax-nanotime()), 0)+100*time.Microsecond)
 		}
+		slept := nanotime()
 		rd.sleep(b, left)
+		rd.adaptSpin(nanotime() - slept)
 		if rd.interrupted.Swap(false) {
 			return Record{Seq: rd.next}, Empty
 		}
@@ -418,11 +427,11 @@ func (rd *Reader) spinReady() bool {
 			return true
 		}
 	}
-	if rd.spin <= 0 {
+	if rd.spinNow <= 0 {
 		return false
 	}
 	start := nanotime()
-	for nanotime()-start < int64(rd.spin) {
+	for nanotime()-start < int64(rd.spinNow) {
 		unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 		if rd.ready() || rd.interrupted.Load() {
 			return true
@@ -431,10 +440,26 @@ func (rd *Reader) spinReady() bool {
 	return false
 }
 
-// SetSpin sets how long Read keeps checking for a record, yielding the CPU
-// between checks, before it sleeps on the doorbell. Longer windows lower
-// the latency of events that follow each other closely, at the cost of CPU.
-func (rd *Reader) SetSpin(d time.Duration) { rd.spin = d }
+// adaptSpin adapts the spin window to a sleep of slept nanoseconds (see
+// Reader.spinNow).
+func (rd *Reader) adaptSpin(slept int64) {
+	switch {
+	case slept >= int64(rd.spin):
+		if rd.spinNow /= 2; rd.spinNow < rd.spin/8 {
+			rd.spinNow = 0
+		}
+	case rd.ready():
+		rd.spinNow = min(max(2*rd.spinNow, rd.spin/8), rd.spin)
+	}
+}
+
+// SetSpin sets how long, at most, Read keeps checking for a record,
+// yielding the CPU between checks, before it sleeps on the doorbell.
+// Longer windows lower the latency of events that follow each other
+// closely, at the cost of CPU. Read spins less, down to not at all, while
+// its sleeps last longer than d, and the full window again once records
+// come sooner than that.
+func (rd *Reader) SetSpin(d time.Duration) { rd.spin, rd.spinNow = d, d }
 
 // Pending reports whether a Read now would return at once with something
 // other than Empty: a record, a loss, or a record left uncommitted past
