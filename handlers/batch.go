@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/ipcbus/caddy-ipcbus/events"
@@ -87,12 +88,37 @@ func (h *Broadcast) postBatch(w http.ResponseWriter, r *http.Request) (first, la
 	return first, last, len(items), nil
 }
 
-// splitBatch parses a batch body: a JSON array, or NDJSON.
+// splitBatch parses a batch body: a JSON array, or NDJSON. It stops at
+// the event past events.MaxBatch, so that a body of many tiny items costs
+// no more than the batch it may carry.
 func splitBatch(body []byte, array bool) ([]batchItem, error) {
 	var items []batchItem
+	tooMany := fmt.Errorf("the batch has more than %d events, the limit is %d", events.MaxBatch, events.MaxBatch)
 	if array {
-		if err := json.Unmarshal(body, &items); err != nil {
-			return nil, fmt.Errorf("the batch is not a JSON array of {\"source\",\"event\",\"data\"} objects: %w", err)
+		notArray := func(err error) error {
+			return fmt.Errorf("the batch is not a JSON array of {\"source\",\"event\",\"data\"} objects: %w", err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(body))
+		if tok, err := dec.Token(); err != nil {
+			return nil, notArray(err)
+		} else if tok != json.Delim('[') {
+			return nil, notArray(fmt.Errorf("it starts with %v", tok))
+		}
+		for dec.More() {
+			if len(items) == events.MaxBatch {
+				return nil, tooMany
+			}
+			var it batchItem
+			if err := dec.Decode(&it); err != nil {
+				return nil, notArray(fmt.Errorf("event %d: %w", len(items), err))
+			}
+			items = append(items, it)
+		}
+		if _, err := dec.Token(); err != nil { // the closing bracket
+			return nil, notArray(err)
+		}
+		if _, err := dec.Token(); err != io.EOF {
+			return nil, notArray(errors.New("something follows the array"))
 		}
 	} else {
 		sc := bufio.NewScanner(bytes.NewReader(body))
@@ -101,6 +127,9 @@ func splitBatch(body []byte, array bool) ([]batchItem, error) {
 			line := bytes.TrimSpace(sc.Bytes())
 			if len(line) == 0 {
 				continue
+			}
+			if len(items) == events.MaxBatch {
+				return nil, tooMany
 			}
 			var it batchItem
 			if err := json.Unmarshal(line, &it); err != nil {
@@ -114,9 +143,6 @@ func splitBatch(body []byte, array bool) ([]batchItem, error) {
 	}
 	if len(items) == 0 {
 		return nil, errors.New("the batch is empty")
-	}
-	if len(items) > events.MaxBatch {
-		return nil, fmt.Errorf("the batch has %d events, the limit is %d", len(items), events.MaxBatch)
 	}
 	return items, nil
 }

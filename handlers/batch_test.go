@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/ipcbus/caddy-ipcbus/events"
 )
 
 // TestBatchPublish: NDJSON and JSON-array batches are posted as
@@ -14,6 +16,9 @@ func TestBatchPublish(t *testing.T) {
 	h := &Broadcast{Source: "s", MaxSize: 1 << 20}
 	use(t, app, h)
 	serve := broadcastServe(h)
+	// Past the limit, parsing stops: the bad item after it is never read.
+	tooMany := strings.Repeat(`{"event":"a"}`+"\n", events.MaxBatch+1) + "{bad\n"
+	tooManyArray := "[" + strings.Repeat(`{"event":"a"},`, events.MaxBatch+1) + "{bad]"
 	ndjson := `{"event":"a","data":"one"}
 {"source":"t","event":"b","data":{"n":2}}
 
@@ -32,6 +37,11 @@ func TestBatchPublish(t *testing.T) {
 		{"an empty name", "/p?batch", `[{"event":"a"},{}]`, "application/json", 400, "event 1", 0},
 		{"empty", "/p", "\n", "application/x-ndjson", 400, "the batch is empty", 0},
 		{"a unique key", "/p?unique=k", `{"event":"a"}`, "application/x-ndjson", 400, "cannot carry a unique key", 0},
+		{"too many, ndjson", "/p", tooMany, "application/x-ndjson", 400, "the batch has more than 10000 events, the limit is 10000", 0},
+		{"too many, array", "/p?batch", tooManyArray, "application/json", 400, "the batch has more than 10000 events, the limit is 10000", 0},
+		{"not an array", "/p?batch", `{"event":"a"}`, "application/json", 400, "not a JSON array", 0},
+		{"after the array", "/p?batch", `[{"event":"a"}] [{"event":"b"}]`, "application/json", 400, "something follows the array", 0},
+		{"an array cut short", "/p?batch", `[{"event":"a"}`, "application/json", 400, "not a JSON array", 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before := app.bus.Tail()

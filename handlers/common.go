@@ -139,6 +139,44 @@ func values(r *http.Request, configured []string, query string) (out []string, e
 	return out, false
 }
 
+// MaxPatterns is the most patterns a request to ipcbus_poll may give in
+// each of its source, event and name parameters (comma-separated or
+// repeated): every event is matched against each of them for as long as
+// the stream lasts, so a client may not make that cost grow with the
+// length of its query.
+const MaxPatterns = 64
+
+// checkPatterns answers 400 to a request whose filter parameters give
+// more than MaxPatterns patterns; the route's own filters and the
+// parameters it does not read are not counted.
+func (h *Poll) checkPatterns(r *http.Request) *Error {
+	keys := []string{"name"}
+	if len(h.Alerts) == 0 {
+		keys = keys[:0]
+		if len(h.Sources) == 0 {
+			keys = append(keys, "source")
+		}
+		if len(h.Events) == 0 {
+			keys = append(keys, "event")
+		}
+	}
+	for _, key := range keys {
+		n := 0
+		queryScan(r.URL.RawQuery, key, func(v string) bool {
+			for p := range strings.SplitSeq(v, ",") {
+				if strings.TrimSpace(p) != "" {
+					n++
+				}
+			}
+			return n <= MaxPatterns
+		})
+		if n > MaxPatterns {
+			return httpErr(http.StatusBadRequest, fmt.Errorf("%s: more than %d patterns; give at most %d, comma-separated or in repeated %s parameters", key, MaxPatterns, MaxPatterns, key))
+		}
+	}
+	return nil
+}
+
 // hasPlaceholder reports whether a configured value is only known per request.
 func hasPlaceholder(s string) bool { return strings.Contains(s, "{") }
 

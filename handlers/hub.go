@@ -309,6 +309,13 @@ func (sh *hubShard) each(f func(s *hubStream)) {
 // (BENCHMARKS.md); every 8 raised the p99.
 const hubYieldEvery = 64
 
+// hubPassBytes bounds the frames one pass writes to a stream (but for a
+// single event's, which always goes): what the socket does not take is
+// kept for the stream's goroutine, so this bounds what a client that
+// stops reading holds, SSE's framing included (a payload of newlines
+// grows sevenfold), as a stream's own goroutine's 64 KiB buffer does.
+const hubPassBytes = writeChunk
+
 // chunkHead is the room kept before a chunk for its size line.
 const chunkHead = 10 // 8 hex digits and CRLF: chunks are under 4 GiB
 
@@ -348,6 +355,10 @@ func (sh *hubShard) write(bus *events.Bus, s *hubStream, now int64) bool {
 		if e.ev != nil && (s.keep == nil || s.keep(e.ev.Source, e.ev.Name)) {
 			if frame = e.sseFrame(); frame == nil {
 				back = true // its goroutine says why
+				break
+			}
+			if n > 0 && len(b)-chunkHead+len(frame) > hubPassBytes {
+				full = true // the rest in the next pass
 				break
 			}
 		}

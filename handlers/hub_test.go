@@ -400,3 +400,46 @@ func TestHubOpaqueClientGone(t *testing.T) {
 	c.resp.Body.Close()
 	waitDone(t, done, 5*time.Second, "a client that went away")
 }
+
+// fullRaw is a socket that never takes a byte, as one whose client has
+// stopped reading and whose buffers are full.
+type fullRaw struct{}
+
+func (fullRaw) Control(func(uintptr)) error    { return nil }
+func (fullRaw) Read(func(uintptr) bool) error  { return nil }
+func (fullRaw) Write(func(uintptr) bool) error { return nil }
+
+// TestHubHandBackBounded: a stream whose socket takes nothing is handed
+// back holding at most one pass of frames, bounded by their bytes (SSE's
+// framing included: a payload of newlines grows sevenfold), not by the
+// payload bytes of a whole batch.
+func TestHubHandBackBounded(t *testing.T) {
+	for _, tc := range []struct{ name, ch string }{{"text", "x"}, {"newlines", "\n"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			app := newTestApp(t)
+			h := &Poll{StreamWriters: 1}
+			use(t, app, h)
+			first := app.bus.Tail()
+			for range 100 {
+				post(t, app, "p", "e", strings.Repeat(tc.ch, readCacheMaxData))
+			}
+			back := make(chan struct{})
+			s := &hubStream{raw: fullRaw{}, poke: func() { close(back) }, since: first}
+			if !h.hub.join(h, s, app.bus) {
+				t.Fatal("the hub did not take the stream")
+			}
+			select {
+			case <-back:
+			case <-time.After(10 * time.Second):
+				s.leave(h)
+				t.Fatal("the stream was not handed back")
+			}
+			s.mu.Lock()
+			held := len(s.out)
+			s.mu.Unlock()
+			if max := 64<<10 + 16; held == 0 || held > max { // docs/limits.md: 64 KiB, plus a chunk's size line and end
+				t.Errorf("handed back holding %d bytes, want 1 to %d", held, max)
+			}
+		})
+	}
+}

@@ -350,6 +350,10 @@ func (h *Poll) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	if !allow(w, r, http.MethodGet, http.MethodHead) {
 		return nil
 	}
+	if err := h.checkPatterns(r); err != nil {
+		writeError(w, r, err)
+		return nil
+	}
 	p, key, tail := h.feed(r)
 	if p == nil {
 		writeError(w, r, httpErr(http.StatusServiceUnavailable, errNotRunning))

@@ -3,6 +3,7 @@ package handlers
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -134,5 +135,56 @@ func TestLongPollSlowClientDropped(t *testing.T) {
 	waitDone(t, done, 20*time.Second, "a long-poll client that does not read")
 	if got := ReadStats().SlowClientsDropped - before; got != 1 {
 		t.Fatalf("slow clients dropped: %d", got)
+	}
+}
+
+// TestPollPatternCap: a request may give at most MaxPatterns patterns in
+// each filter parameter it is read for, comma-separated or repeated; the
+// route's own filters, and parameters it does not read, are not counted.
+func TestPollPatternCap(t *testing.T) {
+	app := newTestApp(t)
+	list := func(n int, sep string) string {
+		ps := make([]string, n)
+		for i := range ps {
+			ps[i] = fmt.Sprintf("s%d", i)
+		}
+		return strings.Join(ps, sep)
+	}
+	evs := &Poll{}
+	use(t, app, evs)
+	routed := &Poll{Sources: []string{"s1"}}
+	use(t, app, routed)
+	alerts := &Poll{Alerts: []string{"*"}}
+	use(t, app, alerts)
+	for _, c := range []struct {
+		name   string
+		h      *Poll
+		target string
+		code   int
+		want   string
+	}{
+		{"64 sources", evs, "/e?timeout=0&source=" + list(64, ","), 200, ""},
+		{"65 sources", evs, "/e?timeout=0&source=" + list(65, ","), 400, "source: more than 64 patterns"},
+		{"65 sources, repeated", evs, "/e?timeout=0&source=" + list(65, "&source="), 400, "source: more than 64 patterns"},
+		{"65 events", evs, "/e?timeout=0&event=" + list(65, ","), 400, "event: more than 64 patterns"},
+		{"empty items are not patterns", evs, "/e?timeout=0&source=" + strings.Repeat(",", 100), 200, ""},
+		{"the route's sources", routed, "/e?timeout=0&source=" + list(65, ","), 200, ""},
+		{"names, for events", evs, "/e?timeout=0&name=" + list(65, ","), 200, ""},
+		{"65 names", alerts, "/a?timeout=0&name=" + list(65, ","), 400, "name: more than 64 patterns"},
+		{"65 names, a stream", alerts, "/a?name=" + list(65, ","), 400, "name: more than 64 patterns"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := request("GET", c.target, nil, 0)
+			if strings.Contains(c.name, "stream") {
+				r.Header.Set("Accept", "text/event-stream")
+				ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second) // a stream let through would not end
+				defer cancel()
+				r = r.WithContext(ctx)
+			}
+			a := run(t, pollServe(c.h), r)
+			if a.code != c.code || !strings.Contains(text(a), c.want) {
+				t.Fatalf("%d %s, want %d %q", a.code, a.body, c.code, c.want)
+			}
+		})
 	}
 }

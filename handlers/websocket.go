@@ -243,7 +243,11 @@ func (s *wsSink) event(ev *event) error {
 		s.jw.Flush()
 		data = s.buf.Bytes()
 	}
-	return s.write(func(ctx context.Context) error { return s.c.Write(ctx, typ, data) })
+	err := s.write(func(ctx context.Context) error { return s.c.Write(ctx, typ, data) })
+	if s.buf.Cap() > writeChunk {
+		s.buf = bytes.Buffer{} // one large envelope is not kept for the socket's life
+	}
+	return err
 }
 
 // lost writes the notice of events the ring no longer holds, as a text

@@ -1,11 +1,14 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -14,6 +17,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/coder/websocket"
+
+	"github.com/ipcbus/caddy-ipcbus/events"
 )
 
 // wsDial opens a WebSocket on srv's path, with extra request headers.
@@ -437,5 +442,55 @@ func TestWebSocketAlerts(t *testing.T) {
 	}
 	if want := "deploy:v2::false cert-renewed:/wA=:base64:true"; strings.Join(got, " ") != want {
 		t.Fatalf("alerts %v, want %s", got, want)
+	}
+}
+
+// noDeadline is a connection whose write deadline is not needed.
+type noDeadline struct{ net.Conn }
+
+func (noDeadline) SetWriteDeadline(time.Time) error { return nil }
+
+// TestWSEnvelopeBufferNotKept: an envelope larger than 64 KiB (an inline
+// payload of control characters grows sixfold as JSON) is not kept in the
+// socket's buffer after it is written.
+func TestWSEnvelopeBufferNotKept(t *testing.T) {
+	app := newTestApp(t)
+	h := &Poll{Envelope: true}
+	use(t, app, h)
+	accepted := make(chan *websocket.Conn, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		accepted <- c
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cc, _, err := wsDial(t, ctx, srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.CloseNow()
+	go func() {
+		for {
+			if _, _, err := cc.Read(ctx); err != nil {
+				return
+			}
+		}
+	}()
+	sc := <-accepted
+	defer sc.CloseNow()
+	cc.SetReadLimit(-1)
+	s := &wsSink{h: h, c: &wsConn{Conn: sc, nc: noDeadline{}, timeout: 10 * time.Second}, ctx: ctx, envelope: true}
+	for _, size := range []int{100, 60 << 10, 100} {
+		ev := &event{Event: &events.Event{Seq: 1, Source: "p", Name: "e", Data: bytes.Repeat([]byte{1}, size)}}
+		if err := s.event(ev); err != nil {
+			t.Fatal(err)
+		}
+		if c := s.buf.Cap(); c > writeChunk {
+			t.Fatalf("after an envelope of a %d-byte payload the socket keeps a %d-byte buffer, want at most %d", size, c, writeChunk)
+		}
 	}
 }
