@@ -50,9 +50,16 @@ var errRemovedEarly = errors.New("it was removed before it was complete: the pay
 // blobNameRetries bounds the fresh random names tried when one is taken.
 const blobNameRetries = 8
 
-// blobChunk is how much quota and space a stream of unknown length
-// reserves at a time.
-const blobChunk = 1 << 20
+// A blob being written reserves quota and space as its bytes come: 64
+// KiB first, each step twice the last, up to blobChunk at a time. So a
+// writer holds at most about twice what it has written (a client that
+// announces a large body and sends nothing holds 64 KiB of the quota, not
+// the size it announced), and a large payload costs a few dozen
+// reservations.
+const (
+	blobFirstStep = 64 << 10
+	blobChunk     = 1 << 20
+)
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
@@ -134,10 +141,11 @@ func (z *Zone) PutBlob(parts ...[]byte) (string, error) {
 // PutBlobFrom writes a payload read from r to a new blob file, holding at
 // most a 64 KiB buffer of it in memory, and returns the blob's name and
 // the payload's length. With size ≥ 0 the payload is exactly size bytes:
-// the quota and the file's space are reserved for all of it before
-// anything is read, and a reader that ends sooner or goes on longer is an
-// error. With size < 0 it is everything up to EOF, reserved 1 MiB at a
-// time. Over the blob quota it fails with ErrBlobQuota; when r fails, with
+// a size that the quota cannot hold now is refused before anything is
+// read, and a reader that ends sooner or goes on longer is an error. With
+// size < 0 it is everything up to EOF. Either way the quota and the file's
+// space are reserved as the bytes come (see blobFirstStep). Over the blob
+// quota it fails with ErrBlobQuota; when r fails, with
 // ErrRead wrapping r's error; other failures are *BlobError. On any error
 // the blob is removed.
 func (z *Zone) PutBlobFrom(r io.Reader, size int64) (string, int64, error) {
@@ -162,13 +170,13 @@ func (z *Zone) PutBlobFrom(r io.Reader, size int64) (string, int64, error) {
 }
 
 func (z *Zone) fillBlob(f *os.File, path string, r io.Reader, size int64) (int64, error) {
-	var allocated int64
-	if size >= 0 {
-		if err := z.growBlob(f, path, 0, size); err != nil {
+	if size > 0 {
+		if err := z.checkRoom(path, size); err != nil {
 			return 0, err
 		}
-		allocated = size
 	}
+	var allocated int64
+	step := int64(blobFirstStep)
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -184,10 +192,15 @@ func (z *Zone) fillBlob(f *os.File, path string, r io.Reader, size int64) (int64
 				return n, fmt.Errorf("%w: the payload is longer than the %d bytes announced", ErrRead, size)
 			}
 			if n+int64(k) > allocated {
-				if err := z.growBlob(f, path, allocated, blobChunk); err != nil {
+				grow := max(step, n+int64(k)-allocated)
+				if size >= 0 {
+					grow = min(grow, size-allocated) // never past the size announced
+				}
+				if err := z.growBlob(f, path, allocated, grow); err != nil {
 					return n, err
 				}
-				allocated += blobChunk
+				allocated += grow
+				step = min(2*step, blobChunk)
 			}
 			if _, err := f.Write(b[:k]); err != nil {
 				return n, blobErr("writing", path, err)

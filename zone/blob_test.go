@@ -484,3 +484,60 @@ func TestBlobCountConcurrent(t *testing.T) {
 		t.Fatalf("after every blob was removed: count %d, %d files", u, countFiles(t, zs[0]))
 	}
 }
+
+// TestBlobReservedAsWritten: a payload of announced size takes the quota
+// as its bytes come, not all at once, so that a writer that stalls holds
+// next to nothing of it and others' payloads still fit; a size the quota
+// cannot hold now is still refused before anything is read.
+func TestBlobReservedAsWritten(t *testing.T) {
+	o := testOptions(t, MinSize)
+	o.BlobQuota = 4 << 20
+	z := mustOpen(t, o)
+	const size = 3 << 20
+	pr, pw := io.Pipe()
+	reading := make(chan struct{})
+	r := &hooked{r: pr, fn: func() { close(reading) }}
+	done := make(chan error, 1)
+	go func() {
+		_, n, err := z.PutBlobFrom(r, size)
+		if err == nil && n != size {
+			err = errors.New("short")
+		}
+		done <- err
+	}()
+	<-reading
+	if u := z.BlobUsage(); u != 0 {
+		t.Fatalf("nothing written yet, and %d bytes of the quota held", u)
+	}
+	if _, err := pw.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for z.BlobUsage() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if u := z.BlobUsage(); u != blobFirstStep {
+		t.Fatalf("one byte written: %d bytes of the quota held, want %d", u, blobFirstStep)
+	}
+	// Another writer's payload fits beside the stalled one.
+	if _, _, err := z.PutBlobFrom(&pattern{n: 3 << 20}, 3<<20); err != nil {
+		t.Fatalf("a payload beside a stalled one: %v", err)
+	}
+	// Now the rest of the stalled payload passes the quota.
+	go func() {
+		_, err := pw.Write(make([]byte, size-1))
+		pw.CloseWithError(err)
+	}()
+	if err := <-done; !errors.Is(err, ErrBlobQuota) {
+		t.Fatalf("the stalled payload once the quota is taken: %v, want ErrBlobQuota", err)
+	}
+	pr.Close()
+	if u := z.BlobUsage(); u != 3<<20 {
+		t.Fatalf("usage %d after the failure, want the other payload's %d", u, 3<<20)
+	}
+	// A size the quota cannot hold now is refused before a byte is read.
+	untouched := &hooked{r: &pattern{n: 2 << 20}, fn: func() { t.Error("the payload was read") }}
+	if _, _, err := z.PutBlobFrom(untouched, 2<<20); !errors.Is(err, ErrBlobQuota) {
+		t.Fatalf("2 MiB with 1 MiB of the quota left: %v, want ErrBlobQuota", err)
+	}
+}

@@ -195,17 +195,9 @@ func (z *Zone) growBlob(f *os.File, path string, off, n int64) error {
 	if removed(f) {
 		return &BlobError{Op: "writing", Path: path, Err: errRemovedEarly}
 	}
-	quota := z.blob.quota.Load()
-	used, ok := readUsage(uf)
-	if !ok || used+n > quota {
-		// Recount before refusing: the count may be off (see above).
-		if used, err = z.countBlobs(); err != nil {
-			return blobErr("counting the blob files for", path, err)
-		}
-		_ = writeUsage(uf, used)
-		if used+n > quota {
-			return z.quotaError(n, used, quota)
-		}
+	used, err := z.room(uf, path, n)
+	if err != nil {
+		return err
 	}
 	if err := allocate(f, off, n); err != nil {
 		return blobErr("reserving space for", path, err)
@@ -214,6 +206,38 @@ func (z *Zone) growBlob(f *os.File, path string, off, n int64) error {
 		return fmt.Errorf("counting blob bytes of zone %q: %w", z.name, unwrapPath(err))
 	}
 	return nil
+}
+
+// room returns the bytes counted against the quota, refusing with
+// ErrBlobQuota when n more would pass it; call it under the usage lock
+// (uf).
+func (z *Zone) room(uf *os.File, path string, n int64) (int64, error) {
+	quota := z.blob.quota.Load()
+	used, ok := readUsage(uf)
+	if !ok || used+n > quota {
+		// Recount before refusing: the count may be off (see above).
+		var err error
+		if used, err = z.countBlobs(); err != nil {
+			return 0, blobErr("counting the blob files for", path, err)
+		}
+		_ = writeUsage(uf, used)
+		if used+n > quota {
+			return 0, z.quotaError(n, used, quota)
+		}
+	}
+	return used, nil
+}
+
+// checkRoom refuses with ErrBlobQuota a payload of n bytes that the quota
+// cannot hold now, reserving nothing.
+func (z *Zone) checkRoom(path string, n int64) error {
+	uf, err := z.lockBlobs()
+	if err != nil {
+		return err
+	}
+	defer z.unlockBlobs()
+	_, err = z.room(uf, path, n)
+	return err
 }
 
 func (z *Zone) quotaError(n, used, quota int64) error {
