@@ -390,6 +390,11 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
 }
 
+// CheckName reports whether s is a valid source, event name or unique
+// key (what names which, for the error): 1 to MaxNameLen bytes, no CR, LF
+// or NUL. The error wraps ErrInvalid.
+func CheckName(what, s string) error { return validName(what, s) }
+
 func validName(what, s string) error {
 	if s == "" {
 		return invalid("%s is empty", what)

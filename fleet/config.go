@@ -229,7 +229,8 @@ func (c *Config) Stream() string { return "IPCBUS_" + c.Name }
 // subjects of the stream, and of this node's events.
 func (c *Config) streamSubjects() string { return "ipcbus." + c.Name + ".>" }
 func (c *Config) eventsFilter() string   { return "ipcbus." + c.Name + ".e.>" }
-func (c *Config) eventSubject() string   { return "ipcbus." + c.Name + ".e." + c.Node }
+func (c *Config) eventSubject() string   { return c.eventsPrefix() + c.Node }
+func (c *Config) eventsPrefix() string   { return "ipcbus." + c.Name + ".e." }
 
 // Buckets of the fleet.
 func (c *Config) nodesBucket() string  { return "ipcbus_" + c.Name + "_nodes" }

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -154,7 +155,7 @@ func (f *Fleet) inbound(ctx context.Context) error {
 		if s > applied+1 {
 			f.lostIn(s-applied-1, applied+1)
 		}
-		if err := f.apply(ctx, m.Data(), epoch, s, origins); err != nil {
+		if err := f.apply(ctx, m.Subject(), m.Data(), epoch, s, origins); err != nil {
 			return err
 		}
 		applied = s
@@ -181,8 +182,11 @@ func (f *Fleet) position(applied, epoch uint64) error {
 // take, or out of its host's chain: a copy this host applied already, or
 // one whose predecessor it has not applied yet (its host publishes it again
 // after the predecessor). origins is where each host's events stand here.
-func (f *Fleet) apply(ctx context.Context, body []byte, epoch, s uint64, origins map[string]events.Origin) error {
+func (f *Fleet) apply(ctx context.Context, subject string, body []byte, epoch, s uint64, origins map[string]events.Origin) error {
 	m, err := decode(body)
+	if err == nil {
+		err = f.check(subject, &m)
+	}
 	if err != nil {
 		if n := f.malformed.Add(1); n&(n-1) == 0 {
 			f.log.Error("fleet: skipping a malformed message", zap.String("stream", f.cfg.Stream()), zap.Uint64("stream_seq", s), zap.Uint64("so_far", n))
@@ -232,6 +236,25 @@ func (f *Fleet) apply(ctx context.Context, body []byte, epoch, s uint64, origins
 		case <-time.After(backoff):
 		}
 	}
+}
+
+// check refuses what decode cannot see: a message published on another
+// host's subject than the one it names (a host could otherwise speak for
+// another, and stop its events here with a forged sequence; with it,
+// per-host publish permissions confine each host to its own subject), a
+// node id, name or key outside the rules, and data flagged JSON that is
+// not.
+func (f *Fleet) check(subject string, m *message) error {
+	if !tokenRE.MatchString(m.node) || subject != f.cfg.eventsPrefix()+m.node {
+		return errBadMessage
+	}
+	if events.CheckName("source", m.source) != nil || events.CheckName("event", m.event) != nil || (m.unique != "" && events.CheckName("unique key", m.unique) != nil) {
+		return errBadMessage
+	}
+	if m.json && !json.Valid(m.data) {
+		return errBadMessage
+	}
+	return nil
 }
 
 // lostIn counts stream messages this host will never apply: the stream

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/ipcbus/caddy-ipcbus/events"
 )
 
 // Entry is a host's entry in the fleet's nodes bucket (key: its node id),
@@ -93,6 +95,9 @@ func (f *Fleet) nodeEntries(ctx context.Context) error {
 				continue
 			}
 			n := e.Key()
+			if len(n) > events.MaxNodeLen || !tokenRE.MatchString(n) {
+				continue // not a host's entry: node ids are tokens
+			}
 			if e.Operation() != jetstream.KeyValuePut {
 				if _, ok := hosts[n]; ok {
 					delete(hosts, n)
@@ -104,10 +109,14 @@ func (f *Fleet) nodeEntries(ctx context.Context) error {
 			if json.Unmarshal(e.Value(), &en) != nil {
 				continue
 			}
+			// A host joins at a revision of the bucket before its entry's
+			// current one: a larger "joined" is not believed (it would
+			// raise NodesSeen past every later join, for good).
 			j := en.Joined
-			if j == 0 {
+			if j == 0 || j > e.Revision() {
 				j = e.Revision()
 			}
+			en.Node, en.Joined = n, j
 			k, ok := hosts[n]
 			if ok && k.joined != j {
 				f.left(n, "rejoined")
