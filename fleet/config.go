@@ -226,8 +226,11 @@ func (c *Config) Crosses(source string) bool {
 // Stream is the name of the fleet's stream.
 func (c *Config) Stream() string { return "IPCBUS_" + c.Name }
 
-// subjects of the stream, and of this node's events.
-func (c *Config) streamSubjects() string { return "ipcbus." + c.Name + ".>" }
+// subjects of the stream (the fleet's events only: a message on another
+// subject stored in it would leave a gap in the sequence the hosts read,
+// which they could not tell from events the stream dropped), and of this
+// node's events.
+func (c *Config) streamSubjects() string { return c.eventsFilter() }
 func (c *Config) eventsFilter() string   { return "ipcbus." + c.Name + ".e.>" }
 func (c *Config) eventSubject() string   { return c.eventsPrefix() + c.Node }
 func (c *Config) eventsPrefix() string   { return "ipcbus." + c.Name + ".e." }

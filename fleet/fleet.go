@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +46,7 @@ type Fleet struct {
 	bridging   atomic.Bool
 	tooLarge   atomic.Uint64
 	malformed  atomic.Uint64
+	wideWarned atomic.Bool   // the stream's subjects are wider than the events': warned once
 	skipped    atomic.Uint64 // remote events of sources this host does not take
 	claimsLost atomic.Uint64 // unique claims refused for want of NATS
 	lostUpTo   uint64        // the outbound side counted ring losses up to here (its goroutine only)
@@ -298,6 +300,12 @@ func (f *Fleet) keep(ctx context.Context, name string, part func(context.Context
 // stream returns the fleet's stream, creating it if it does not exist.
 func (f *Fleet) stream(ctx context.Context) (jetstream.Stream, error) {
 	s, err := f.js.Stream(ctx, f.cfg.Stream())
+	if err == nil {
+		if subj := s.CachedInfo().Config.Subjects; !slices.Equal(subj, []string{f.cfg.streamSubjects()}) && f.wideWarned.CompareAndSwap(false, true) {
+			f.log.Warn("fleet: the stream takes more than the fleet's events: a message stored on another of its subjects counts as lost on every host; narrow it",
+				zap.String("stream", f.cfg.Stream()), zap.Strings("subjects", subj), zap.String("want", f.cfg.streamSubjects()))
+		}
+	}
 	if err == nil || !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return s, err
 	}

@@ -117,3 +117,32 @@ func TestFleetJoinedNotTrusted(t *testing.T) {
 	}
 	t.Fatalf("b's join was not announced on a; a got %d events", len(onA.get()))
 }
+
+// TestFleetOtherSubjectsNotLost: the stream takes the fleet's events only,
+// so a message on another subject of the fleet leaves no gap that the
+// hosts would count as lost.
+func TestFleetOtherSubjectsNotLost(t *testing.T) {
+	ns := startNATS(t)
+	a, b := pair(t, ns, 1, 4<<20)
+	onB := b.collectRemote(t, "app", "a")
+	nc, err := nats.Connect(ns.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for i := range 5 {
+		if err := nc.Publish("ipcbus.test.junk", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.workers[0].bus.Post("app", strconv.Itoa(i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkSeries(t, onB.wait(t, 5, 10*time.Second), "a", 5)
+	if l := b.z.Fleet().InLost.Load(); l != 0 {
+		t.Errorf("b counts %d lost, want 0", l)
+	}
+}
