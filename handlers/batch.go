@@ -88,12 +88,13 @@ func (h *Broadcast) postBatch(w http.ResponseWriter, r *http.Request) (first, la
 	return first, last, len(items), nil
 }
 
+var errBatchTooLarge = fmt.Errorf("the batch has more than %d events, the limit is %d", events.MaxBatch, events.MaxBatch)
+
 // splitBatch parses a batch body: a JSON array, or NDJSON. It stops at
 // the event past events.MaxBatch, so that a body of many tiny items costs
 // no more than the batch it may carry.
 func splitBatch(body []byte, array bool) ([]batchItem, error) {
 	var items []batchItem
-	tooMany := fmt.Errorf("the batch has more than %d events, the limit is %d", events.MaxBatch, events.MaxBatch)
 	if array {
 		notArray := func(err error) error {
 			return fmt.Errorf("the batch is not a JSON array of {\"source\",\"event\",\"data\"} objects: %w", err)
@@ -106,7 +107,7 @@ func splitBatch(body []byte, array bool) ([]batchItem, error) {
 		}
 		for dec.More() {
 			if len(items) == events.MaxBatch {
-				return nil, tooMany
+				return nil, errBatchTooLarge
 			}
 			var it batchItem
 			if err := dec.Decode(&it); err != nil {
@@ -129,7 +130,7 @@ func splitBatch(body []byte, array bool) ([]batchItem, error) {
 				continue
 			}
 			if len(items) == events.MaxBatch {
-				return nil, tooMany
+				return nil, errBatchTooLarge
 			}
 			var it batchItem
 			if err := json.Unmarshal(line, &it); err != nil {

@@ -51,11 +51,11 @@ var errRemovedEarly = errors.New("it was removed before it was complete: the pay
 const blobNameRetries = 8
 
 // A blob being written reserves quota and space as its bytes come: 64
-// KiB first, each step twice the last, up to blobChunk at a time. So a
-// writer holds at most about twice what it has written (a client that
-// announces a large body and sends nothing holds 64 KiB of the quota, not
-// the size it announced), and a large payload costs a few dozen
-// reservations.
+// KiB first, then as much as it holds already (doubling it), at most
+// blobChunk at a time. So a writer holds at most twice what it has
+// written, or 64 KiB (a client that announces a large body and sends
+// nothing holds none of the quota, not the size it announced), and a
+// large payload costs a few dozen reservations.
 const (
 	blobFirstStep = 64 << 10
 	blobChunk     = 1 << 20
@@ -176,7 +176,6 @@ func (z *Zone) fillBlob(f *os.File, path string, r io.Reader, size int64) (int64
 		}
 	}
 	var allocated int64
-	step := int64(blobFirstStep)
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -192,7 +191,7 @@ func (z *Zone) fillBlob(f *os.File, path string, r io.Reader, size int64) (int64
 				return n, fmt.Errorf("%w: the payload is longer than the %d bytes announced", ErrRead, size)
 			}
 			if n+int64(k) > allocated {
-				grow := max(step, n+int64(k)-allocated)
+				grow := max(min(max(allocated, blobFirstStep), blobChunk), n+int64(k)-allocated)
 				if size >= 0 {
 					grow = min(grow, size-allocated) // never past the size announced
 				}
@@ -200,7 +199,6 @@ func (z *Zone) fillBlob(f *os.File, path string, r io.Reader, size int64) (int64
 					return n, err
 				}
 				allocated += grow
-				step = min(2*step, blobChunk)
 			}
 			if _, err := f.Write(b[:k]); err != nil {
 				return n, blobErr("writing", path, err)

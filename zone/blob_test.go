@@ -519,13 +519,24 @@ func TestBlobReservedAsWritten(t *testing.T) {
 	if u := z.BlobUsage(); u != blobFirstStep {
 		t.Fatalf("one byte written: %d bytes of the quota held, want %d", u, blobFirstStep)
 	}
+	// Just past the first step, it holds at most twice what it wrote.
+	if _, err := pw.Write(make([]byte, blobFirstStep)); err != nil {
+		t.Fatal(err)
+	}
+	const written = blobFirstStep + 1
+	for z.BlobUsage() == blobFirstStep && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if u := z.BlobUsage(); u <= blobFirstStep || u > 2*written {
+		t.Fatalf("%d bytes written: %d bytes of the quota held, want more than %d, at most %d", written, u, blobFirstStep, 2*written)
+	}
 	// Another writer's payload fits beside the stalled one.
 	if _, _, err := z.PutBlobFrom(&pattern{n: 3 << 20}, 3<<20); err != nil {
 		t.Fatalf("a payload beside a stalled one: %v", err)
 	}
 	// Now the rest of the stalled payload passes the quota.
 	go func() {
-		_, err := pw.Write(make([]byte, size-1))
+		_, err := pw.Write(make([]byte, size-written))
 		pw.CloseWithError(err)
 	}()
 	if err := <-done; !errors.Is(err, ErrBlobQuota) {

@@ -11,7 +11,7 @@ import (
 // 2 ms apart then give back a window that catches them without sleeping.
 func TestSpinAdapts(t *testing.T) {
 	if testing.Short() {
-		t.Skip("about a second of paced writes")
+		t.Skip("-short: about a second of paced writes")
 	}
 	z := mustOpen(t, testOptions(t, MinSize))
 	r := z.Ring()
